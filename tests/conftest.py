@@ -1,0 +1,52 @@
+"""Shared fixtures: one local Ray instance per session, and a small synthetic world with indexes.
+
+Everything is built locally; HF_HUB_OFFLINE=1 makes any accidental download fail loudly.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import ray  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (logical CPUs above the 2 real ones, for actor pools)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory) -> Path:
+    from pipelines.synthetic_world import generate
+
+    out = tmp_path_factory.mktemp("world") / "world"
+    generate(out, seed=0, people=200)
+    return out
+
+
+@pytest.fixture(scope="session")
+def index_factory(ray_session, world_dir, tmp_path_factory):
+    """Build (once per shard count) an index of the session world."""
+    from pipelines.build_index import build_index
+
+    built: dict[int, Path] = {}
+
+    def make(num_shards: int) -> Path:
+        if num_shards not in built:
+            out = tmp_path_factory.mktemp(f"index{num_shards}") / "index"
+            build_index(world_dir / "corpus.jsonl", out, num_shards, progress=False)
+            built[num_shards] = out
+        return built[num_shards]
+
+    return make

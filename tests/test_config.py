@@ -1,0 +1,86 @@
+"""Config: bundled files load, overrides apply, and bad keys or values name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from kr1.config import CONFIG_DIR, ConfigError, load_config
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_bundled_configs_load(name):
+    cfg = load_config(name)
+    assert cfg.retriever.top_k > 0
+
+
+def test_bundled_configs_include_the_promised_ones():
+    names = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    assert {"default", "2wiki_qwen2.5_1.5b_instruct", "2wiki_qwen2.5_7b_instruct"} <= names
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config("default", ["trainer.total_steps=7", "learner.lr=3e-5", "rollout.backend=vllm",
+                                  "model.path=/tmp/m", "retriever.num_shards=5", "trainer.resume=true"])
+    assert cfg.trainer.total_steps == 7 and isinstance(cfg.trainer.total_steps, int)
+    assert cfg.learner.lr == pytest.approx(3e-5)
+    assert cfg.rollout.backend == "vllm"
+    assert cfg.model.path == "/tmp/m"
+    assert cfg.retriever.num_shards == 5
+    assert cfg.trainer.resume is True
+
+
+def test_yaml_values_override_schema_defaults():
+    cfg = load_config("2wiki_qwen2.5_7b_instruct")
+    assert cfg.model.path == "Qwen/Qwen2.5-7B-Instruct"
+    assert cfg.rollout.tensor_parallel_size == 2
+
+
+def test_unknown_override_key_names_the_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer\.totl_steps'"):
+        load_config("default", ["trainer.totl_steps=3"])
+
+
+def test_unknown_section_names_the_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optimizer'"):
+        load_config("default", ["optimizer.lr=1"])
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("retriever:\n  topk: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert "bad.yaml" in str(err.value) and "'retriever.topk'" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"bad value for 'trainer\.total_steps'"):
+        load_config("default", ["trainer.total_steps=many"])
+
+
+def test_wrong_type_in_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("learner:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"'learner\.lr'"):
+        load_config(str(path))
+
+
+def test_value_outside_choices_names_the_key():
+    with pytest.raises(ConfigError, match=r"'rollout\.backend'.*hf, vllm"):
+        load_config("default", ["rollout.backend=tgi"])
+
+
+def test_non_positive_count_is_rejected():
+    with pytest.raises(ConfigError, match=r"'retriever\.num_shards'"):
+        load_config("default", ["retriever.num_shards=0"])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_config("default", ["trainer.total_steps"])
+
+
+def test_missing_config_name_lists_bundled():
+    with pytest.raises(ConfigError, match="default"):
+        load_config("no_such_config")

@@ -1,0 +1,92 @@
+"""The synthetic world: deterministic, and every question answerable from the passages it names."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from kr1.data import load_corpus, load_questions
+from pipelines.synthetic_world import generate, main
+
+MULTI_HOP = {"compositional", "comparison", "inference", "bridge_comparison"}
+
+
+def _files(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path):
+    generate(tmp_path / "a", seed=3, people=60)
+    generate(tmp_path / "b", seed=3, people=60)
+    generate(tmp_path / "c", seed=4, people=60)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert _files(tmp_path / "a")["corpus.jsonl"] != _files(tmp_path / "c")["corpus.jsonl"]
+
+
+def test_splits_and_types(world_dir):
+    splits = {s: load_questions(world_dir / f"{s}.jsonl") for s in ("train", "dev", "test")}
+    assert all(splits.values())
+    assert len(splits["train"]) > len(splits["dev"]) + len(splits["test"])
+    ids = [q.id for rows in splits.values() for q in rows]
+    assert len(ids) == len(set(ids))
+    assert {q.type for q in splits["train"]} == MULTI_HOP
+    problems = [q.problem for rows in splits.values() for q in rows]
+    assert len(problems) == len(set(problems)), "a question appears in two splits"
+
+
+def _passages_by_title(world_dir):
+    return {p.title: p for p in load_corpus(world_dir / "corpus.jsonl")}
+
+
+def test_every_multi_hop_question_is_answerable_and_needs_its_passages(world_dir):
+    by_title = _passages_by_title(world_dir)
+    for split in ("train", "dev", "test"):
+        for q in load_questions(world_dir / f"{split}.jsonl"):
+            answer = q.golden_answers[0]
+            assert len(set(q.supporting_titles)) >= 2, q
+            support = [by_title[t] for t in q.supporting_titles]  # KeyError = names a missing passage
+            if q.type in ("compositional", "inference"):
+                first, last = support
+                assert first.title in q.problem and last.title not in q.problem
+                # the bridge entity links the hops, and only the second passage holds the answer
+                assert last.title in first.text, q
+                assert answer in last.text and answer not in first.text, q
+                assert answer not in q.problem
+            elif q.type == "comparison":
+                a, b = support
+                assert a.title in q.problem and b.title in q.problem and answer in (a.title, b.title)
+                years = [int(re.search(r"\b(1\d{3}|20\d{2})\b", p.text).group()) for p in support]
+                assert years[0] != years[1]
+            else:  # bridge comparison: two films, then their two directors
+                film_a, film_b, director_a, director_b = support
+                assert director_a.title in film_a.text and director_b.title in film_b.text
+                assert answer in (film_a.title, film_b.title)
+                assert director_a.title not in q.problem and director_b.title not in q.problem
+
+
+def test_names_are_invented_and_unique(world_dir):
+    titles = [p.title for p in load_corpus(world_dir / "corpus.jsonl")]
+    assert len(titles) == len(set(titles))
+    common = {"John", "Mary", "London", "Paris", "France", "Smith"}
+    assert not common & {w for t in titles for w in t.split()}
+
+
+def test_single_hop_questions_name_one_passage(world_dir):
+    by_title = _passages_by_title(world_dir)
+    for q in load_questions(world_dir / "single_hop.jsonl"):
+        (title,) = q.supporting_titles
+        assert q.golden_answers[0] in by_title[title].text
+
+
+def test_cli_writes_manifest(tmp_path, capsys):
+    main(["--out", str(tmp_path / "w"), "--seed", "1", "--people", "40"])
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert manifest["seed"] == 1 and manifest["passages"] == len(load_corpus(tmp_path / "w" / "corpus.jsonl"))
+    assert "passages" in capsys.readouterr().out
+
+
+def test_too_small_world_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--people"):
+        generate(tmp_path / "w", people=5)
