@@ -1,0 +1,1 @@
+"""Offline jobs that prepare inputs: synthetic world, datasets, BM25 indexes."""
