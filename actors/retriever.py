@@ -11,20 +11,22 @@ they die and their calls are retried, so a lost shard costs latency, not a rollo
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import ray
 
-from kr1.bm25_index import BM25IndexError, IndexManifest
-from kr1.bm25_search import Hit, ShardSearcher, merge_hits
 from kr1.config import RetrieverConfig
+from kr1.hits import Hit, merge_hits
 
 
 class RetrieverShard:
     """One memory-mapped index shard; a plain class that `ray.remote` wraps where it is created."""
 
     def __init__(self, index_dir: str, shard: int, backend: str = "numba", threads: int = 1) -> None:
+        from kr1.bm25_search import ShardSearcher  # numba stays out of processes that only hold the pool
+
         self.shard = shard
         self.searcher = ShardSearcher(index_dir, shard, backend=backend, threads=threads)
 
@@ -40,11 +42,17 @@ class RetrieverShard:
 
 
 class RetrieverPool:
-    """All shards of one index as Ray actors, searched together."""
+    """All shards of one index as named Ray actors, searched together.
+
+    The pool pickles as the shard actors' names, so other actors can hold it as a plain
+    constructor argument (and get it back after a restart); handles are looked up on use.
+    """
 
     def __init__(self, index_dir: str | Path, num_shards: int | None = None, top_k: int = 3,
                  backend: str = "numba", max_query_chars: int = 1000, num_cpus_per_shard: float = 1.0,
-                 max_restarts: int = 3) -> None:
+                 max_restarts: int = 3, name: str | None = None) -> None:
+        from kr1.bm25_index import BM25IndexError, IndexManifest
+
         manifest = IndexManifest.load(index_dir)
         if num_shards is not None and num_shards != manifest.num_shards:
             raise BM25IndexError(f"{index_dir}: index has {manifest.num_shards} shards but retriever.num_shards="
@@ -53,17 +61,29 @@ class RetrieverPool:
         self.num_docs = manifest.num_docs
         self.top_k = top_k
         self.max_query_chars = max_query_chars
-        actor = ray.remote(RetrieverShard).options(num_cpus=num_cpus_per_shard, max_restarts=max_restarts,
-                                                   max_task_retries=max_restarts)
+        actor = ray.remote(RetrieverShard)
         threads = max(1, int(num_cpus_per_shard))
-        self.shards = [actor.remote(self.index_dir, i, backend, threads) for i in range(manifest.num_shards)]
+        name = name or f"retriever-{uuid.uuid4().hex[:6]}"
+        self.shard_names = [f"{name}-shard{i}" for i in range(manifest.num_shards)]
+        options = {"num_cpus": num_cpus_per_shard, "max_restarts": max_restarts, "max_task_retries": max_restarts}
+        self._shards: list[Any] | None = [actor.options(name=n, **options).remote(self.index_dir, i, backend, threads)
+                                          for i, n in enumerate(self.shard_names)]
         sizes = ray.get([s.ready.remote() for s in self.shards])
-        if sum(sizes) != manifest.num_docs:
+        if sum(sizes) != manifest.num_docs:  # a shard rebuilt on its own would break global statistics
             raise BM25IndexError(f"{index_dir}: shards hold {sum(sizes)} documents, manifest says {manifest.num_docs}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_shards": None}
+
+    @property
+    def shards(self) -> list[Any]:
+        if self._shards is None:
+            self._shards = [ray.get_actor(n) for n in self.shard_names]
+        return self._shards
 
     @classmethod
     def from_config(cls, cfg: RetrieverConfig, index_dir: str | Path) -> "RetrieverPool":
-        return cls(index_dir, cfg.num_shards, cfg.top_k, cfg.backend, cfg.max_query_chars)
+        return cls(index_dir, cfg.num_shards, cfg.top_k, cfg.backend, cfg.max_query_chars, cfg.num_cpus_per_shard)
 
     def search_refs(self, queries: Sequence[str], k: int | None = None) -> list[ray.ObjectRef]:
         """Start the search on every shard; one ref per shard, for callers that overlap work."""
@@ -80,4 +100,4 @@ class RetrieverPool:
         """Stop the shard actors (the pool is unusable afterwards)."""
         for shard in self.shards:
             ray.kill(shard)
-        self.shards = []
+        self._shards, self.shard_names = [], []

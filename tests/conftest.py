@@ -50,3 +50,22 @@ def index_factory(ray_session, world_dir, tmp_path_factory):
         return built[num_shards]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model(world_dir, index_factory, tmp_path_factory) -> Path:
+    """A tiny Qwen2 with a locally trained tokenizer, warm-started briefly on the tag format."""
+    from pipelines.bootstrap_model import bootstrap
+
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    bootstrap(world_dir, out, seed=0, size="tiny", index=index_factory(2), sft_steps=80, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def retriever_pool(ray_session, index_factory):
+    from actors.retriever import RetrieverPool
+
+    pool = RetrieverPool(index_factory(2), top_k=3, num_cpus_per_shard=0.5)
+    yield pool
+    pool.close()

@@ -1,0 +1,33 @@
+"""The reward scorer actor: batches of episodes in, `EpisodeScores` out.
+
+    scorer = ray.remote(RewardScorer).remote(cfg.reward)
+    scores = ray.get(scorer.score.remote(episodes_ref, golds))
+
+The reward functions are the plain functions of `kr1.rewards`; this role only batches
+them, so scoring can run beside the reference model's forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from kr1.config import RewardConfig
+from kr1.rewards import EpisodeScores, reward_weights, score_episodes
+from kr1.rollout import Episode
+
+
+class RewardScorer:
+    """Scores episodes with the configured weights; a plain class that `ray.remote` wraps."""
+
+    def __init__(self, cfg: RewardConfig, index: int = 0) -> None:
+        self.index = index
+        self.weights = reward_weights(cfg)
+
+    def __repr__(self) -> str:
+        return f"RewardScorer({self.index})"
+
+    def ready(self) -> bool:
+        return True
+
+    def score(self, episodes: Sequence[Episode], golds: Mapping[str, Sequence[str]]) -> EpisodeScores:
+        return score_episodes(episodes, golds, self.weights)
