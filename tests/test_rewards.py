@@ -49,3 +49,20 @@ def test_score_episodes_arrays():
     assert scores.rewards.dtype == np.float32
     with pytest.raises(KeyError, match="no gold answers"):
         score_episodes([SimpleNamespace(question_id="z", answer="a", num_invalid=0)], {}, {"em": 1.0})
+
+
+def test_reward_actor_equals_the_pure_function(ray_session):
+    import ray
+
+    from actors.reward import RewardScorer
+    from kr1.config import RewardConfig
+
+    episodes = [SimpleNamespace(question_id="q", answer=a, num_invalid=n) for a, n in
+                [("Tavrin", 0), ("tavrin city", 1), (None, 0)]]
+    cfg = RewardConfig(em_weight=1.0, f1_weight=0.5, format_weight=0.1)
+    scorer = ray.remote(RewardScorer).remote(cfg)
+    remote = ray.get(scorer.score.remote(episodes, {"q": ["Tavrin"]}))
+    local = score_episodes(episodes, {"q": ["Tavrin"]}, {"em": 1.0, "f1": 0.5, "format": 0.1})
+    for name in ("rewards", "em", "f1", "format"):
+        np.testing.assert_array_equal(getattr(remote, name), getattr(local, name))
+    ray.kill(scorer)
