@@ -32,7 +32,7 @@ class RolloutEngine:
             r.backend, model_path, dtype=cfg.model.dtype, seed=cfg.trainer.seed + index, gguf_file=cfg.model.gguf_file,
             max_model_len=r.max_total_tokens, tensor_parallel_size=r.tensor_parallel_size,
             gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-            enable_sleep_mode=cfg.cluster.colocate)
+            enable_sleep_mode=cfg.cluster.colocate, weight_sync=cfg.learner.weight_sync)
         self.tokenizer = self.generator.tokenizer
         self.retriever = retriever
 
@@ -42,33 +42,101 @@ class RolloutEngine:
     def ready(self) -> bool:
         return True
 
-    def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False) -> list[Episode]:
-        """Play `n_samples` episodes per question to their end."""
+    def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
+                seed: int | None = None) -> list[Episode]:
+        """Play `n_samples` episodes per question to their end; `seed` fixes the sampling."""
+        if seed is not None:
+            self.generator.reseed(seed * 1009 + self.index)
         episodes = new_episodes(questions, self.tokenizer, n_samples, self.cfg.rollout.prompt_template)
         settings = RolloutSettings.from_config(self.cfg, greedy=greedy)
         return run_episodes(episodes, self.generator.generate, self.retriever.search, self.tokenizer, settings)
 
 
+    def load_weights(self, state: dict[str, Any]) -> bool:
+        """Take new policy weights (the object-store sync; the GPU modes are in actors/weight_sync.py)."""
+        self.generator.load_state_dict(state)
+        return True
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        return self.generator.sequence_logprobs(sequences)
+
+    def sleep(self) -> bool:
+        """Free the KV cache (and weights at sleep_level 2) while the learner trains on the same GPU."""
+        if hasattr(self.generator, "llm") and self.cfg.cluster.colocate:
+            self.generator.llm.sleep(level=self.cfg.rollout.sleep_level)
+        return True
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        if hasattr(self.generator, "llm") and self.cfg.cluster.colocate:
+            self.generator.llm.wake_up(tags)
+        return True
+
+    # vLLM's weight-transfer control plane under LLM's own names, so that vLLM's
+    # RayVLLMWeightSyncClient can drive these actors (cuda_ipc / nccl sync, GPU only)
+    def init_weight_transfer_engine(self, request: Any) -> None:
+        self.generator.llm.init_weight_transfer_engine(request)
+
+    def start_weight_update(self) -> None:
+        self.generator.llm.start_weight_update()
+
+    def update_weights(self, request: Any) -> None:
+        self.generator.llm.update_weights(request)
+        self.generator.llm.reset_prefix_cache()
+
+    def finish_weight_update(self) -> None:
+        self.generator.llm.finish_weight_update()
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.generator.llm.shutdown_weight_transfer_engine()
+
+    def update_weight_version(self, version: str) -> None:
+        self.generator.llm.update_weight_version(version)
+
+
 class RolloutEnginePool:
     """`rollout.num_engines` engine actors; a batch is split by question across them."""
 
-    def __init__(self, cfg: Config, model_path: str, retriever: Any, num_cpus: float = 1.0,
-                 num_gpus: float = 0.0) -> None:
-        actor = ray.remote(RolloutEngine).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=3,
-                                                  max_task_retries=3)
-        self.engines = [actor.remote(cfg, i, str(model_path), retriever) for i in range(cfg.rollout.num_engines)]
+    def __init__(self, cfg: Config, model_path: str, retriever: Any, placement: Any = None,
+                 num_cpus: float = 1.0) -> None:
+        actor = ray.remote(RolloutEngine)
+        n = cfg.rollout.num_engines
+        self.tensor_parallel_size = cfg.rollout.tensor_parallel_size
+        options = placement.options_for("engine") if placement else [{"num_cpus": num_cpus}] * n
+        self.engines = [actor.options(max_restarts=3, max_task_retries=3, **options[i]).remote(
+            cfg, i, str(model_path), retriever) for i in range(n)]
         ray.get([e.ready.remote() for e in self.engines])
 
-    def rollout_refs(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False) -> list[ray.ObjectRef]:
+    def rollout_refs(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
+                     seed: int | None = None) -> list[ray.ObjectRef]:
         """Start every engine on its contiguous slice of questions; one ref per engine."""
         n = len(self.engines)
         bounds = [round(i * len(questions) / n) for i in range(n + 1)]
-        return [engine.rollout.remote(list(questions[bounds[i]:bounds[i + 1]]), n_samples, greedy)
+        return [engine.rollout.remote(list(questions[bounds[i]:bounds[i + 1]]), n_samples, greedy, seed)
                 for i, engine in enumerate(self.engines) if bounds[i + 1] > bounds[i]]
 
-    def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False) -> list[Episode]:
+    def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
+                seed: int | None = None) -> list[Episode]:
         """Episodes in question order, `n_samples` consecutive ones per question."""
-        return [e for part in ray.get(self.rollout_refs(questions, n_samples, greedy)) for e in part]
+        return [e for part in ray.get(self.rollout_refs(questions, n_samples, greedy, seed)) for e in part]
+
+    def load_weights(self, state_ref: ray.ObjectRef) -> None:
+        """Every engine fetches the same state dict from the object store."""
+        ray.get([e.load_weights.remote(state_ref) for e in self.engines])
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[list[float]]]:
+        """Each engine's log-probs of the same sequences (for checking a weight sync)."""
+        return ray.get([e.sequence_logprobs.remote(sequences) for e in self.engines])
+
+    def sleep(self) -> None:
+        ray.get([e.sleep.remote() for e in self.engines])
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        ray.get([e.wake_up.remote(tags) for e in self.engines])
+
+    @property
+    def num_vllm_workers(self) -> int:
+        """vLLM worker processes across engines (the receivers of an NCCL weight broadcast)."""
+        return len(self.engines) * self.tensor_parallel_size
 
     def close(self) -> None:
         for engine in self.engines:

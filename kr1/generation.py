@@ -28,6 +28,12 @@ class Generator(Protocol):
     def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float,
                  top_p: float) -> list[list[int]]: ...
 
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]: ...
+
+    def reseed(self, seed: int) -> None: ...
+
 
 def end_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
     """Token ids that end a generation: the tokenizer's eos, the model's eos list, and pad."""
@@ -102,6 +108,26 @@ class HFGenerator:
         new = out[:, width:].tolist()
         return [cut_at_stop(ids, self.tokenizer, self.end_ids, limit) for ids, limit in zip(new, max_new_tokens)]
 
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied lm_head may be absent
+            raise ValueError(f"weights do not fit the engine's model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    @torch.no_grad()
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """log p(token t | tokens before t) for t >= 1 of each sequence."""
+        from kr1.algorithms import token_logprobs
+
+        out = []
+        for ids in sequences:
+            tensor = torch.tensor([list(ids)], device=self.device)
+            logits = self.model(input_ids=tensor, use_cache=False).logits
+            out.append(token_logprobs(logits, tensor)[0, 1:].float().cpu().tolist())
+        return out
+
+    def reseed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
 
 @contextlib.contextmanager
 def _llvmlite_hidden() -> Any:
@@ -122,7 +148,8 @@ class VLLMGenerator:
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, gguf_file: str | None = None,
                  max_model_len: int = 2048, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
-                 enforce_eager: bool = False, enable_sleep_mode: bool = False) -> None:
+                 enforce_eager: bool = False, enable_sleep_mode: bool = False,
+                 weight_sync: str = "object_store") -> None:
         # in-process engine core: weight sync reaches the model directly, no extra processes per engine
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -134,6 +161,8 @@ class VLLMGenerator:
         kwargs: dict[str, Any] = {}
         if torch.cuda.is_available():
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
+            if weight_sync in ("cuda_ipc", "nccl"):
+                kwargs["weight_transfer_config"] = {"backend": "ipc" if weight_sync == "cuda_ipc" else "nccl"}
         with _llvmlite_hidden():
             self.llm = LLM(model=model, tokenizer=model_path if gguf_file else None, dtype=dtype, seed=seed,
                            max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
@@ -160,6 +189,29 @@ class VLLMGenerator:
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [cut_at_stop(list(o.outputs[0].token_ids), self.tokenizer, self.end_ids, limit)
                 for o, limit in zip(outputs, max_new_tokens)]
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load Hugging Face-named weights into the running engine (CPU path; GPU modes in weight_sync)."""
+        self.llm.collective_rpc(_load_weights_into_worker, args=(state,))
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
+                                    use_tqdm=False)
+        return [[next(iter(p.values())).logprob if len(p) == 1 else p[tok].logprob
+                 for p, tok in zip(o.prompt_logprobs[1:], seq[1:])] for o, seq in zip(outputs, sequences)]
+
+    def reseed(self, seed: int) -> None:
+        self.seed, self.calls = seed, 0
+
+
+def _load_weights_into_worker(worker: Any, state: dict[str, torch.Tensor]) -> None:
+    # runs inside vLLM's worker: in-place reload maps HF names onto fused, repacked layers
+    worker.reload_weights(weights_iterator=iter(list(state.items())), is_checkpoint_format=True)
 
 
 def make_generator(backend: str, model_path: str, **kwargs: Any) -> Generator:

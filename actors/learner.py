@@ -1,0 +1,225 @@
+"""The learner group: N Ray actors, one torch.distributed process group, the policy under FSDP2.
+
+    group = LearnerGroup(cfg, model_path, placement)   # gloo on CPU, NCCL on GPU
+    metrics = group.update(batch)                      # token-budget micro-batches, one AdamW step
+    state_ref = group.state_dict_ref()                 # full state dict, in the object store
+
+Each worker loads the Hugging Face model, shards every decoder layer and then the whole
+model with `fully_shard`, and runs `kr1.policy_update` on its slice of the batch. The
+driver plans the micro-batches so that every rank runs the same number of passes, and
+normalises the loss by the step's total loss tokens, so N workers make the same update
+as one. Checkpoints are torch distributed checkpoints (each rank writes its shard) plus
+the policy in Hugging Face format.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+import torch
+
+from kr1.batch import TrainBatch
+from kr1.batching import TokenBudgetBatcher
+from kr1.config import Config
+from kr1.policy_update import batch_logprobs, train_step
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def load_causal_lm(path: str, dtype: str, gguf_file: str | None = None) -> Any:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs)
+
+
+def shard_model(model: Any, mesh: Any, cpu_offload: bool, mixed_precision: bool) -> Any:
+    """FSDP2: each decoder layer is its own unit (its parameters gathered only while it runs), then the root."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    if mixed_precision:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+class LearnerWorker:
+    """One rank of the learner group; a plain class that `ray.remote` wraps."""
+
+    def __init__(self, cfg: Config, rank: int, world_size: int, model_path: str) -> None:
+        self.cfg, self.rank, self.world_size, self.model_path = cfg, rank, world_size, model_path
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        torch.manual_seed(cfg.trainer.seed + rank)
+
+    def __repr__(self) -> str:
+        return f"LearnerWorker({self.rank}/{self.world_size})"
+
+    def address(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> bool:
+        """Join the process group, load and shard the policy (and a colocated reference), build AdamW."""
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        cfg, mixed = self.cfg, self.device.type == "cuda" and self.cfg.model.dtype != "float32"
+        model = load_causal_lm(self.model_path, "float32", cfg.model.gguf_file)
+        if cfg.learner.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.model = shard_model(model.to(self.device), mesh, cfg.learner.cpu_offload, mixed)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learner.lr,
+                                           weight_decay=cfg.learner.weight_decay)
+        self.reference = None
+        if cfg.reference.placement == "colocate":
+            reference = load_causal_lm(self.model_path, "float32", cfg.model.gguf_file).to(self.device).eval()
+            self.reference = shard_model(reference.requires_grad_(False), mesh, cfg.learner.cpu_offload, mixed)
+        return True
+
+    def logprobs(self, part: TrainBatch, micro: Sequence[np.ndarray], reference: bool = False) -> np.ndarray:
+        """(B_part, T) log-probs under the policy, or the colocated reference."""
+        return batch_logprobs(self.reference if reference else self.model, part, micro, self.device)
+
+    def train_step(self, part: TrainBatch, micro: Sequence[np.ndarray], normalizer: float) -> dict[str, float]:
+        return train_step(self.model, self.optimizer, part, micro, normalizer=normalizer, scale=self.world_size,
+                          algo=self.cfg.algorithm, grad_clip=self.cfg.learner.grad_clip, device=self.device)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Gather the unsharded weights (every rank joins); rank 0 returns them on CPU."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.model, options=options)
+        return state if self.rank == 0 else None
+
+    def init_weight_transfer(self, backend: str, engines: list[Any], num_vllm_workers: int) -> bool:
+        """Set up this rank's side of vLLM's cuda_ipc / nccl weight transfer (GPU only)."""
+        from actors.weight_sync import trainer_transfer_engine
+
+        self.transfer = trainer_transfer_engine(backend, self.model, self.rank, engines, num_vllm_workers)
+        return True
+
+    def send_weights(self) -> bool:
+        """Every rank materialises each full tensor; rank 0 sends it (IPC handles or NCCL broadcast)."""
+        self.transfer.send_weights()
+        return True
+
+    def save_checkpoint(self, directory: str) -> bool:
+        """Sharded model + optimizer (torch.distributed.checkpoint), this rank's RNG state, and on
+        rank 0 the policy in Hugging Face format (loadable by from_pretrained and by vLLM)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        from transformers import AutoTokenizer
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(Path(directory) / "learner"))
+        torch.save({"torch": torch.get_rng_state()}, Path(directory) / f"rng_learner{self.rank}.pt")
+        full = self.full_state_dict()
+        if self.rank == 0:
+            policy = Path(directory) / "policy"
+            self.model.save_pretrained(policy, state_dict=full, safe_serialization=True)
+            AutoTokenizer.from_pretrained(self.model_path).save_pretrained(policy)
+        return True
+
+    def load_checkpoint(self, directory: str) -> bool:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=str(Path(directory) / "learner"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        rng = Path(directory) / f"rng_learner{self.rank}.pt"
+        if rng.is_file():
+            torch.set_rng_state(torch.load(rng)["torch"])
+        return True
+
+
+class LearnerGroup:
+    """`learner.num_workers` LearnerWorker actors forming one process group."""
+
+    def __init__(self, cfg: Config, model_path: str, placement: Any = None) -> None:
+        self.cfg = cfg
+        self.world_size = cfg.learner.num_workers
+        self.batcher = TokenBudgetBatcher(cfg.learner.token_budget)
+        actor = ray.remote(LearnerWorker)
+        options = placement.options_for("learner") if placement else [{} for _ in range(self.world_size)]
+        self.workers = [actor.options(**options[r]).remote(cfg, r, self.world_size, model_path)
+                        for r in range(self.world_size)]
+        addr, port = ray.get(self.workers[0].address.remote())
+        ray.get([w.setup.remote(addr, port) for w in self.workers])
+
+    def _parts(self, batch: TrainBatch) -> tuple[list[ray.ObjectRef], list[list[np.ndarray]], list[np.ndarray]]:
+        """Slice the batch per rank (then `ray.put` each slice once) with each rank's micro-batch rows."""
+        plan = self.batcher.plan(batch.lengths, self.world_size)
+        parts, micros, rows_of = [], [], []
+        for micro in plan:
+            rows = np.concatenate(micro) if micro else np.zeros(0, np.int64)
+            position = {int(r): i for i, r in enumerate(rows)}
+            parts.append(ray.put(batch.select(rows)))
+            micros.append([np.array([position[int(r)] for r in m], dtype=np.int64) for m in micro])
+            rows_of.append(rows)
+        return parts, micros, rows_of
+
+    def logprobs(self, batch: TrainBatch, reference: bool = False) -> np.ndarray:
+        """(B, T) log-probs of the whole batch (policy, or the colocated reference)."""
+        parts, micros, rows_of = self._parts(batch)
+        results = ray.get([w.logprobs.remote(p, m, reference) for w, p, m in zip(self.workers, parts, micros)])
+        out = np.zeros(batch.input_ids.shape, dtype=np.float32)
+        for rows, values in zip(rows_of, results):
+            out[rows, :values.shape[1]] = values
+        return out
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        """`learner.mini_batches` optimizer steps over the batch; metrics summed over ranks."""
+        metrics: dict[str, float] = {}
+        if self.cfg.learner.mini_batches > 1 and batch.old_logprobs is None:
+            # later mini-batches step away from the rollout policy: the ratio needs its log-probs
+            batch = batch.with_fields(old_logprobs=self.logprobs(batch))
+        for mini in batch.chunk(self.cfg.learner.mini_batches):
+            parts, micros, _ = self._parts(mini)
+            normalizer = float(max(1, mini.num_loss_tokens))
+            results = ray.get([w.train_step.remote(p, m, normalizer)
+                               for w, p, m in zip(self.workers, parts, micros)])
+            for name in results[0]:
+                # grad_norm is global already; the other values are per-rank shares of the step
+                value = results[0][name] if name == "grad_norm" else sum(r[name] for r in results)
+                metrics[name] = metrics.get(name, 0.0) + value / self.cfg.learner.mini_batches
+        metrics["lr"] = self.cfg.learner.lr
+        return metrics
+
+    def state_dict_ref(self) -> ray.ObjectRef:
+        """Rank 0's full state dict, left in the object store for the engines to fetch."""
+        refs = [w.full_state_dict.remote() for w in self.workers]
+        ray.wait(refs, num_returns=len(refs))
+        return refs[0]
+
+    def save_checkpoint(self, directory: str) -> None:
+        ray.get([w.save_checkpoint.remote(directory) for w in self.workers])
+
+    def load_checkpoint(self, directory: str) -> None:
+        ray.get([w.load_checkpoint.remote(directory) for w in self.workers])
+
+    def close(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []

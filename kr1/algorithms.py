@@ -1,0 +1,111 @@
+"""RL algorithms as pure tensor functions, looked up by name from the config.
+
+    advantages = ADVANTAGE_ESTIMATORS["grpo"](rewards, group_ids, norm_by_std=True)
+    out = policy_loss(logprobs=lp, old_logprobs=old, ref_logprobs=ref, advantages=adv,
+                      loss_mask=mask, clip_eps=0.2, kl_coef=1e-3, kl_estimator="k3", normalizer=n)
+
+Losses aggregate by token mean over the loss mask: the sum over every model-generated
+token divided by `normalizer`, the number of such tokens in the whole optimizer step
+(across micro-batches and data-parallel ranks), so splitting a batch never changes
+the gradient. Prompt, retrieved and appended tokens have mask 0 and never count.
+No Ray, no vLLM here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_by_std: bool = True) -> torch.Tensor:
+    """(B,) GRPO: each reward minus its group's mean, divided by the group's std when asked."""
+    rewards = rewards.float()
+    groups, index = torch.unique(group_ids, return_inverse=True)
+    counts = torch.zeros(len(groups)).index_add_(0, index, torch.ones_like(rewards))
+    means = torch.zeros(len(groups)).index_add_(0, index, rewards) / counts
+    centred = rewards - means[index]
+    if not norm_by_std:
+        return centred
+    # unbiased std as in GRPO; a group of one has no spread
+    sq = torch.zeros(len(groups)).index_add_(0, index, centred ** 2)
+    std = torch.sqrt(sq / (counts - 1).clamp(min=1))
+    return centred / (std[index] + EPS)
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_by_std: bool = True) -> torch.Tensor:
+    """(B,) REINFORCE++-baseline: subtract the group mean, then normalise over the whole batch."""
+    centred = grpo_advantages(rewards, group_ids, norm_by_std=False)
+    if not norm_by_std or len(centred) < 2:
+        return centred - centred.mean()
+    return (centred - centred.mean()) / (centred.std() + EPS)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
+    "grpo": grpo_advantages,
+    "reinforce_pp": reinforce_pp_advantages,
+}
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) log p(token t | tokens before t) from (B, T, V) logits; column 0 is 0."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return F.pad(picked, (1, 0))
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(B, T) entropy of the distribution that produced token t; column 0 is 0."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return F.pad(-(logp.exp() * logp).sum(-1), (1, 0))
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token KL(policy || reference): k1 = log ratio; k3 = exp(-log ratio) + log ratio - 1 (>= 0)."""
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.exp(-log_ratio) + log_ratio - 1.0
+    raise ValueError(f"unknown KL estimator {estimator!r} (k1 or k3)")
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar to backpropagate (this part's share of the token mean)
+    pg_loss: float  # the parts, as token sums / normalizer, for logging
+    kl: float
+    clip_fraction: float
+    entropy: float
+
+
+def policy_loss(*, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                loss_mask: torch.Tensor, clip_eps: float, normalizer: float, ref_logprobs: torch.Tensor | None = None,
+                kl_coef: float = 0.0, kl_estimator: str = "k3", entropy: torch.Tensor | None = None,
+                entropy_coef: float = 0.0) -> LossOutput:
+    """PPO-clip policy gradient + KL-to-reference penalty (+ entropy bonus), token-summed / normalizer.
+
+    Shapes: logprobs, old_logprobs, ref_logprobs, loss_mask, entropy (B, T); advantages (B,) or (B, T).
+    """
+    mask = loss_mask.float()
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+    pg = -torch.minimum(unclipped, clipped)
+    total = (pg * mask).sum()
+    kl_sum = torch.zeros(())
+    if ref_logprobs is not None:
+        kl_sum = (kl_estimate(logprobs, ref_logprobs, kl_estimator) * mask).sum()
+        total = total + kl_coef * kl_sum
+    entropy_sum = (entropy * mask).sum() if entropy is not None else torch.zeros(())
+    if entropy is not None and entropy_coef:
+        total = total - entropy_coef * entropy_sum
+    clip_sum = (((ratio - 1.0).abs() > clip_eps).float() * mask).sum()
+    logged = [(pg * mask).sum(), kl_sum, clip_sum, entropy_sum]
+    pg_value, kl_value, clip_value, entropy_value = (x.detach().item() / normalizer for x in logged)
+    return LossOutput(total / normalizer, pg_value, kl_value, clip_value, entropy_value)

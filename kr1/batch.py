@@ -1,0 +1,101 @@
+"""The training batch: one typed protocol from finished episodes to the learner.
+
+    batch = TrainBatch.from_episodes(episodes, pad_id)
+    batch = batch.with_fields(rewards=scores.rewards, advantages=...)   # set by the driver
+    halves = batch.chunk(2)           # data-parallel shards
+    same = TrainBatch.concat(halves)
+
+Sequences are prompt + response, right-padded to the longest. `loss_mask` is 1 only on
+tokens the model generated (never prompt, retrieved or appended text). Log-probs are
+aligned with tokens: `logprobs[:, t]` is log p(token t | tokens before t); column 0 is 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class TrainBatch:
+    input_ids: np.ndarray  # (B, T) int64 prompt + response, right-padded
+    attention_mask: np.ndarray  # (B, T) int8 1 on real tokens
+    loss_mask: np.ndarray  # (B, T) int8 1 on model-generated tokens only
+    prompt_lengths: np.ndarray  # (B,) int64
+    group_ids: np.ndarray  # (B,) int64 episodes of the same question share a group
+    rewards: np.ndarray | None = None  # (B,) float32
+    advantages: np.ndarray | None = None  # (B,) float32 per sequence, broadcast over its tokens
+    ref_logprobs: np.ndarray | None = None  # (B, T) float32
+    old_logprobs: np.ndarray | None = None  # (B, T) float32 policy at rollout time (multi-mini-batch PPO)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(B,) real tokens per sequence."""
+        return self.attention_mask.sum(axis=1).astype(np.int64)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    @classmethod
+    def from_episodes(cls, episodes: Sequence[Any], pad_id: int) -> "TrainBatch":
+        """Stack episodes (prompt_ids, response_ids, loss_mask, question_id) into padded arrays."""
+        width = max(e.length for e in episodes)
+        n = len(episodes)
+        ids = np.full((n, width), pad_id, dtype=np.int64)
+        attention = np.zeros((n, width), dtype=np.int8)
+        mask = np.zeros((n, width), dtype=np.int8)
+        group_of: dict[str, int] = {}
+        groups = np.zeros(n, dtype=np.int64)
+        for i, e in enumerate(episodes):
+            p, r = len(e.prompt_ids), len(e.response_ids)
+            ids[i, :p + r] = e.prompt_ids + e.response_ids
+            attention[i, :p + r] = 1
+            mask[i, p:p + r] = e.loss_mask
+            groups[i] = group_of.setdefault(e.question_id, len(group_of))
+        prompts = np.array([len(e.prompt_ids) for e in episodes], dtype=np.int64)
+        return cls(ids, attention, mask, prompts, groups)
+
+    def select(self, rows: Sequence[int] | np.ndarray) -> "TrainBatch":
+        """The given rows, trimmed to their longest sequence (padding never travels)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        width = int(self.lengths[rows].max()) if len(rows) else 1
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                out[f.name] = None
+            elif value.ndim == 2:
+                out[f.name] = value[rows, :width]
+            else:
+                out[f.name] = value[rows]
+        return TrainBatch(**out)
+
+    def chunk(self, n: int) -> list["TrainBatch"]:
+        """`n` contiguous, near-equal parts (some may be empty when len < n)."""
+        edges = np.linspace(0, len(self), n + 1).round().astype(int)
+        return [self.select(np.arange(edges[i], edges[i + 1])) for i in range(n)]
+
+    @classmethod
+    def concat(cls, parts: Sequence["TrainBatch"]) -> "TrainBatch":
+        """Stack parts back together, padding to the widest."""
+        parts = [p for p in parts if len(p)]
+        width = max(p.input_ids.shape[1] for p in parts)
+        out = {}
+        for f in fields(cls):
+            values = [getattr(p, f.name) for p in parts]
+            if any(v is None for v in values):
+                out[f.name] = None
+            elif values[0].ndim == 2:
+                out[f.name] = np.concatenate([np.pad(v, ((0, 0), (0, width - v.shape[1]))) for v in values])
+            else:
+                out[f.name] = np.concatenate(values)
+        return cls(**out)
+
+    def with_fields(self, **changes: Any) -> "TrainBatch":
+        return replace(self, **changes)

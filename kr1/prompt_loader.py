@@ -1,0 +1,42 @@
+"""Which questions each training step reads: a pure function of (seed, step).
+
+    loader = PromptLoader(questions, per_step=16, seed=0)
+    batch = loader.batch(step)          # the same questions for the same step, resumed or not
+
+Each epoch is a fresh seeded permutation; a step's slice may run across an epoch
+boundary. Nothing is stateful, so resuming at step s reads exactly what an
+uninterrupted run reads at step s; `position(step)` is the data-loader position
+recorded in checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from kr1.data import QARecord
+
+
+class PromptLoader:
+    def __init__(self, questions: Sequence[QARecord], per_step: int, seed: int) -> None:
+        if not questions:
+            raise ValueError("no training questions")
+        self.questions = list(questions)
+        self.per_step = per_step
+        self.seed = seed
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.questions))
+
+    def position(self, step: int) -> int:
+        """Questions consumed before `step` (the loader's position)."""
+        return step * self.per_step
+
+    def batch(self, step: int) -> list[QARecord]:
+        n = len(self.questions)
+        out = []
+        for position in range(self.position(step), self.position(step + 1)):
+            epoch, offset = divmod(position, n)
+            out.append(self.questions[int(self._order(epoch)[offset])])
+        return out

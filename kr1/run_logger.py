@@ -1,0 +1,65 @@
+"""What a training run reports: TensorBoard scalars, a metrics JSONL, one quiet console line per step.
+
+    logger = RunLogger(output_dir)                 # <output_dir>/tensorboard, <output_dir>/metrics.jsonl
+    logger.log(step, {"reward/mean": 0.4, "time/rollout": 12.0, ...})
+    with timer("rollout"): ...                     # PhaseTimer: seconds per named phase
+
+Open the scalars with `tensorboard --logdir <output_dir>/tensorboard`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Iterator, Mapping
+
+CONSOLE = [("reward/mean", "reward {:.3f}"), ("rollout/em", "em {:.1f}"), ("rollout/searches", "searches {:.2f}"),
+           ("rollout/turns", "turns {:.2f}"), ("train/kl", "kl {:.4f}"), ("eval/em", "eval em {:.1f}"),
+           ("time/step", "{:.1f}s")]
+
+
+class PhaseTimer:
+    """Accumulates wall time per phase until `pop()`."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[phase] = self.times.get(phase, 0.0) + time.perf_counter() - start
+
+    def pop(self) -> dict[str, float]:
+        times, self.times = self.times, {}
+        return times
+
+
+class RunLogger:
+    def __init__(self, output_dir: Path, total_steps: int, quiet: bool = False) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.output_dir = Path(output_dir)
+        self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        self.jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.total_steps = total_steps
+        self.quiet = quiet
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Write every scalar for `step` (1-based: steps completed) and print one line."""
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+        self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+        self.jsonl.flush()
+        if not self.quiet:
+            parts = [fmt.format(metrics[key]) for key, fmt in CONSOLE if key in metrics]
+            print(f"step {step}/{self.total_steps}  " + "  ".join(parts), flush=True)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.jsonl.close()
