@@ -16,8 +16,9 @@ from typing import Callable
 from kr1.bm25_index import BM25IndexError
 from kr1.config import ConfigError
 from kr1.data import DataError
+from kr1.ray_runtime import ClusterConnectError
 
-USER_ERRORS = (ConfigError, DataError, BM25IndexError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, BM25IndexError, FileNotFoundError, ClusterConnectError)
 
 
 def run_cli(main: Callable[[], None]) -> None:

@@ -149,6 +149,7 @@ class TrainerConfig:
     total_steps: int = 30
     # prompts per step (each sampled rollout.n_samples times)
     prompts_per_step: int = 16
+    # evaluate on the dev split every K steps and after the last (0: never)
     eval_every: int = 10
     eval_prompts: int = 100
     checkpoint_every: int = 10

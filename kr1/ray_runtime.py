@@ -13,6 +13,15 @@ import os
 import ray
 
 
+class ClusterConnectError(RuntimeError):
+    """The driver could not join the Ray cluster (one-line message with the likely fix)."""
+
+
+AUTH_HINT = ("Ray 2.60 turns on token authentication once ~/.ray/auth_token exists: set RAY_AUTH_MODE the same "
+             "way for `ray start`, `ray job submit` and the driver (e.g. RAY_AUTH_MODE=disabled for all three on "
+             "a trusted machine, or RAY_AUTH_MODE=token with the cluster's token)")
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | float | None = None,
                dashboard_host: str = "127.0.0.1", include_dashboard: bool = False) -> None:
     """Initialise Ray once per process; a second call is a no-op."""
@@ -20,7 +29,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | float | None = None,
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        except Exception as e:  # a token mismatch surfaces as a ConnectionError or AuthenticationError
+            auth = "auth" in f"{type(e).__name__} {e}".lower() or "token" in str(e).lower()
+            reason = "Missing authentication token" if "Authentication" in type(e).__name__ else str(e).split("\n")[0]
+            raise ClusterConnectError(f"cannot join the Ray cluster at {address}: {reason}. "
+                                      + (AUTH_HINT if auth or isinstance(e, ConnectionError) else "")) from None
         return
     # logical CPUs are scheduling tokens: roles that take turns (rollout, update) may share cores
     num_cpus = num_cpus or max(os.cpu_count() or 1, 8)

@@ -44,6 +44,8 @@ class TrainingRun:
         from actors.weight_sync import make_weight_sync
 
         self.cfg = cfg
+        # join or start Ray first: a cluster we cannot reach should fail before any building starts
+        ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host, include_dashboard=True)
         self.output_dir = expand_path(cfg.trainer.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -52,7 +54,6 @@ class TrainingRun:
                                    cfg.trainer.seed)
         self.dev = load_questions(self.assets.split_path("dev"))[:cfg.trainer.eval_prompts]
         self.pad_id = AutoTokenizer.from_pretrained(self.assets.model_path).pad_token_id or 0
-        ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host, include_dashboard=True)
         model = self.assets.model_path
         self.placement = Placement(cfg)
         self.retriever = RetrieverPool.from_config(cfg.retriever, self.assets.index_dir)
@@ -97,8 +98,8 @@ class TrainingRun:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy dev-split metrics every `trainer.eval_every` steps (and after the last)."""
-        last = step + 1 == self.cfg.trainer.total_steps
-        if not self.dev or not (last or (step + 1) % max(1, self.cfg.trainer.eval_every) == 0):
+        every, last = self.cfg.trainer.eval_every, step + 1 == self.cfg.trainer.total_steps
+        if not self.dev or every <= 0 or not (last or (step + 1) % every == 0):
             return {}
         from kr1.eval import evaluate
 
