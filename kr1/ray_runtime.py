@@ -39,5 +39,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | float | None = None,
         return
     # logical CPUs are scheduling tokens: roles that take turns (rollout, update) may share cores
     num_cpus = num_cpus or max(os.cpu_count() or 1, 8)
-    ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host=dashboard_host,
+    # address="local": always a fresh instance, never a stale cluster a `ray start` left behind
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host=dashboard_host,
              logging_level=logging.WARNING, log_to_driver=True)

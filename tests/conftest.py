@@ -21,7 +21,7 @@ import ray  # noqa: E402
 def ray_session():
     """One local Ray for the whole test session (logical CPUs above the 2 real ones, for actor pools)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 
