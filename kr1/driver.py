@@ -5,7 +5,8 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m kr1.driver ...
 
 Each step: rollout -> reward and reference log-probs (in parallel) -> advantages ->
-update -> weight sync -> log (-> evaluate) -> checkpoint. TensorBoard scalars go to
+update -> weight sync -> (evaluate) -> log -> checkpoint. The starting policy is evaluated
+on the dev split first, and the end prints its table beside the trained policy's. TensorBoard scalars go to
 <trainer.output_dir>/tensorboard, checkpoints to <trainer.output_dir>/checkpoints;
 `trainer.resume=true` continues from the latest complete checkpoint.
 """
@@ -28,6 +29,7 @@ def train(cfg: Config, quiet: bool = False) -> list[dict[str, float]]:
     run = TrainingRun(cfg, quiet=quiet)
     timer, history = PhaseTimer(), []
     try:
+        before = run.evaluate_start()
         for step in range(run.start_step, cfg.trainer.total_steps):
             with timer("rollout"):
                 episodes = run.rollout(step)
@@ -45,6 +47,8 @@ def train(cfg: Config, quiet: bool = False) -> list[dict[str, float]]:
             history.append(run.log(step, episodes, batch, scores, train_metrics, eval_metrics, timer.pop()))
             with timer("checkpoint"):  # its time shows in the next step's time/checkpoint
                 run.checkpoint(step)
+        if not quiet:
+            run.report(before, {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("eval/")})
     finally:
         run.close()
     return history

@@ -47,7 +47,12 @@ def evaluate(cfg: Config, questions: Sequence[QARecord], engines: Any) -> tuple[
     episodes = engines.rollout(questions, n_samples=1, greedy=True)
     golds = {q.id: q.golden_answers for q in questions}
     scores = score_episodes(episodes, golds, reward_weights(cfg.reward))
-    return episode_metrics(episodes, scores), trajectory_rows(episodes, questions, scores)
+    metrics = episode_metrics(episodes, scores)
+    types = {q.id: q.type for q in questions}
+    for qtype in sorted({t for t in types.values() if t}):
+        picked = [i for i, e in enumerate(episodes) if types[e.question_id] == qtype]
+        metrics[f"em_{qtype}"] = 100.0 * float(scores.em[picked].mean())
+    return metrics, trajectory_rows(episodes, questions, scores)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

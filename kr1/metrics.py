@@ -17,6 +17,9 @@ TABLE_COLUMNS = {
     "em": "EM", "f1": "F1", "turns": "turns", "searches": "searches", "response_tokens": "resp. tokens",
     "invalid_rate": "invalid %", "answered": "answered %",
 }
+# per question type, when the questions carry one (multi-hop EM by 2WikiMultihopQA type)
+TYPE_COLUMNS = {"em_compositional": "EM comp.", "em_inference": "EM infer.", "em_comparison": "EM compar.",
+                "em_bridge_comparison": "EM bridge"}
 
 
 def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str, float]:
@@ -40,10 +43,12 @@ def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str,
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """A markdown table: one row per named result, the columns of TABLE_COLUMNS."""
-    header = "| model | " + " | ".join(TABLE_COLUMNS.values()) + " |"
-    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
+    """A markdown table: one row per named result, the columns of TABLE_COLUMNS (+ per-type EM if present)."""
+    columns = dict(TABLE_COLUMNS)
+    columns.update({k: v for k, v in TYPE_COLUMNS.items() if any(k in m for m in rows.values())})
+    header = "| model | " + " | ".join(columns.values()) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 1)]
     for name, metrics in rows.items():
-        cells = [f"{metrics.get(key, float('nan')):.2f}" for key in TABLE_COLUMNS]
+        cells = [f"{metrics.get(key, float('nan')):.2f}" for key in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ passages, and answers:
 
     <prompt> <think>I need to look up X.</think><search>X</search>
     <information>Doc 1 (Title: X) ...</information>                    (loss mask 0)
-    <think>The passage says it.</think><answer>Tavrin</answer><eos>
+    <think>X was born in Tavrin.</think><answer>Tavrin</answer><eos>      (quotes the evidence)
 
 Only single-hop questions are used, so the warm start knows the protocol but not the
 multi-hop strategy (search the bridge entity, then search again) that RL must find.
@@ -14,6 +14,7 @@ multi-hop strategy (search the bridge entity, then search again) that RL must fi
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -32,19 +33,40 @@ class MaskedSequence:
 
 
 def gold_trajectory(tokenizer: Any, question: QARecord, hits: Sequence[Hit], max_passage_chars: int,
-                    template: str = "search_r1") -> MaskedSequence:
-    """The search-once-then-answer trajectory for a single-hop question."""
+                    template: str = "search_r1", miss: tuple[str, Sequence[Hit]] | None = None) -> MaskedSequence:
+    """The search-then-answer trajectory for a single-hop question.
+
+    With `miss` = (wrong query, its hits), the trajectory first searches the wrong entity, sees
+    that the passages do not mention the one asked about, and searches again: a tool user's
+    self-correction, not the multi-hop strategy (the second query comes from the question).
+    """
     entity = question.supporting_titles[0]
-    search = f"<think>I need to look up {entity}.</think><search>{entity}</search>"
-    info = format_information([(h.title, h.text) for h in hits], max_passage_chars)
-    answer = f"<think>The passage says it.</think><answer>{question.golden_answers[0]}</answer>"
-    prompt = prompt_token_ids(tokenizer, question.problem, template)
-    parts = [(prompt, 0), (tokenizer.encode(search, add_special_tokens=False), 1),
-             (tokenizer.encode(info, add_special_tokens=False), 0),
-             (tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id], 1)]
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    info = lambda found: format_information([(h.title, h.text) for h in found], max_passage_chars)  # noqa: E731
+    parts = [(prompt_token_ids(tokenizer, question.problem, template), 0)]
+    if miss is not None:
+        wrong, wrong_hits = miss
+        parts += [(encode(f"<think>I need to look up {entity}.</think><search>{wrong}</search>"), 1),
+                  (encode(info(wrong_hits)), 0),
+                  (encode(f"<think>No passage is about {entity}.</think><search>{entity}</search>"), 1)]
+    else:
+        parts.append((encode(f"<think>I need to look up {entity}.</think><search>{entity}</search>"), 1))
+    answer = f"<think>{evidence_sentence(hits, entity, question.golden_answers[0])}</think>" \
+             f"<answer>{question.golden_answers[0]}</answer>"
+    parts += [(encode(info(hits)), 0), (encode(answer) + [tokenizer.eos_token_id], 1)]
     ids = [t for part, _ in parts for t in part]
     mask = [m for part, m in parts for _ in part]
     return MaskedSequence(ids, mask)
+
+
+def evidence_sentence(hits: Sequence[Hit], entity: str, answer: str) -> str:
+    """The sentence of the entity's passage that states the answer (quoted before answering)."""
+    for hit in hits:
+        if hit.title == entity:
+            for sentence in re.split(r"(?<=\.) ", hit.text):
+                if answer in sentence:
+                    return sentence
+    return "The passage says it."
 
 
 def masked_lm_loss(model: Any, ids: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

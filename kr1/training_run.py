@@ -101,10 +101,31 @@ class TrainingRun:
         every, last = self.cfg.trainer.eval_every, step + 1 == self.cfg.trainer.total_steps
         if not self.dev or every <= 0 or not (last or (step + 1) % every == 0):
             return {}
+        return self._dev_metrics()
+
+    def _dev_metrics(self) -> dict[str, float]:
         from kr1.eval import evaluate
 
         metrics, _ = evaluate(self.cfg, self.dev, self.engines)
         return {f"eval/{k}": v for k, v in metrics.items()}
+
+    def evaluate_start(self) -> dict[str, float]:
+        """The starting policy's dev metrics, logged at step 0 (skipped when resuming or eval is off)."""
+        if self.start_step > 0 or self.cfg.trainer.eval_every <= 0 or not self.dev:
+            return {}
+        metrics = self._dev_metrics()
+        self.logger.log(0, metrics)
+        return metrics
+
+    def report(self, before: dict[str, float], after: dict[str, float]) -> None:
+        """Print the dev table of the starting policy beside the trained one."""
+        from kr1.metrics import metrics_table
+
+        rows = {name: {k.removeprefix("eval/"): v for k, v in m.items()}
+                for name, m in (("start", before), ("trained", after)) if m}
+        if rows:
+            print(f"dev split, {len(self.dev)} questions, greedy:")
+            print(metrics_table(rows))
 
     def log(self, step: int, episodes: list[Any], batch: TrainBatch, scores: EpisodeScores,
             train: dict[str, float], evaluation: dict[str, float], times: dict[str, float]) -> dict[str, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -91,18 +92,26 @@ def build_model(tokenizer: PreTrainedTokenizerFast, size: str, seed: int, max_po
 
 def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, world: Path, index: Path,
                steps: int, seed: int, top_k: int = 3, max_passage_chars: int = 600, template: str = "compact",
-               progress: bool = True) -> list[float]:
+               retry_fraction: float = 0.3, lr: float = 3e-3, progress: bool = True) -> list[float]:
     """Supervised fine-tuning on gold single-hop trajectories read through the real index."""
     questions = load_questions(world / "single_hop.jsonl")
     entities = [q.supporting_titles[0] for q in questions]
-    hits = search_index(index, entities, top_k)
-    examples = [gold_trajectory(tokenizer, q, h, max_passage_chars, template) for q, h in zip(questions, hits)]
+    hits = search_index(index, entities, top_k + 3)
+    # the most confusable other passage is the "wrong first search" of a self-correcting example
+    wrong = [next((h.title for h in found if h.title != entity), entity) for entity, found in zip(entities, hits)]
+    wrong_hits = search_index(index, wrong, top_k)
+    rng = random.Random(seed)
+    examples = []
+    for q, entity, found, w, w_found in zip(questions, entities, hits, wrong, wrong_hits):
+        missed = w != entity and all(h.title != entity for h in w_found)
+        miss = (w, w_found) if missed and rng.random() < retry_fraction else None
+        examples.append(gold_trajectory(tokenizer, q, found[:top_k], max_passage_chars, template, miss))
     threads = torch.get_num_threads()
     # matrices this small run 3x faster on one thread than on two (measured: 0.27 vs 0.93 s/step)
     torch.set_num_threads(1)
     try:
         with tqdm(total=steps, desc="warm start (SFT)", disable=not progress) as bar:
-            return train_sft(model, examples, steps, tokenizer.pad_token_id, seed=seed, progress=bar)
+            return train_sft(model, examples, steps, tokenizer.pad_token_id, lr=lr, seed=seed, progress=bar)
     finally:
         torch.set_num_threads(threads)
 

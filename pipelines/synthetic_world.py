@@ -166,9 +166,8 @@ def write_passages(world: World, rng: random.Random) -> list[Passage]:
         texts.append((city.name, f"{city.name} is a city in {city.country}. It was founded in {city.founded}."))
     for person in world.people.values():
         she = _pronoun(rng)
-        surname = person.name.split()[-1]
         parts = [f"{person.name} (born {person.birth_year}) is {_article(person.occupation)} {person.occupation}.",
-                 f"{surname} was born in {person.birthplace}."]
+                 f"{person.name} was born in {person.birthplace}."]
         if person.father:
             parts.append(f"{she} is the child of {person.father}.")
         if person.spouse:
