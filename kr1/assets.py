@@ -40,10 +40,10 @@ class Assets:
 
 
 def _synthetic_world(cfg: Config, progress: bool) -> Path:
-    from pipelines.synthetic_world import generate
+    from pipelines.synthetic_world import WORLD_VERSION, generate
 
     d = cfg.data
-    world = expand_path(d.cache_dir) / f"world-seed{d.synthetic_seed}-people{d.synthetic_people}"
+    world = expand_path(d.cache_dir) / f"world{WORLD_VERSION}-seed{d.synthetic_seed}-people{d.synthetic_people}"
     if not (world / MANIFEST).is_file():
         if progress:
             _note(f"building the synthetic world in {world}")
@@ -70,10 +70,11 @@ def _index(cfg: Config, corpus: Path | None, default_dir: Path | None, progress:
 
 
 def _bootstrapped_model(cfg: Config, world: Path, index: Path, progress: bool) -> str:
-    from pipelines.bootstrap_model import bootstrap
+    from pipelines.bootstrap_model import BOOTSTRAP_VERSION, bootstrap
 
     m = cfg.model
-    out = world.parent / f"{world.name}-model-{m.bootstrap_size}-sft{m.bootstrap_sft_steps}-seed{cfg.trainer.seed}"
+    out = world.parent / (f"{world.name}-model{BOOTSTRAP_VERSION}-{m.bootstrap_size}-sft{m.bootstrap_sft_steps}"
+                          f"-seed{cfg.trainer.seed}")
     if not (out / "config.json").is_file():
         if progress:
             _note(f"bootstrapping the {m.bootstrap_size} model in {out}")

@@ -40,7 +40,7 @@ def gold_trajectory(tokenizer: Any, question: QARecord, hits: Sequence[Hit], max
     that the passages do not mention the one asked about, and searches again: a tool user's
     self-correction, not the multi-hop strategy (the second query comes from the question).
     """
-    entity = question.supporting_titles[0]
+    entity, evidence = question.supporting_titles[0], question.supporting_titles[-1]
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     info = lambda found: format_information([(h.title, h.text) for h in found], max_passage_chars)  # noqa: E731
     parts = [(prompt_token_ids(tokenizer, question.problem, template), 0)]
@@ -51,7 +51,7 @@ def gold_trajectory(tokenizer: Any, question: QARecord, hits: Sequence[Hit], max
                   (encode(f"<think>No passage is about {entity}.</think><search>{entity}</search>"), 1)]
     else:
         parts.append((encode(f"<think>I need to look up {entity}.</think><search>{entity}</search>"), 1))
-    answer = f"<think>{evidence_sentence(hits, entity, question.golden_answers[0])}</think>" \
+    answer = f"<think>{evidence_sentence(hits, evidence, question.golden_answers[0])}</think>" \
              f"<answer>{question.golden_answers[0]}</answer>"
     parts += [(encode(info(hits)), 0), (encode(answer) + [tokenizer.eos_token_id], 1)]
     ids = [t for part, _ in parts for t in part]

@@ -32,6 +32,8 @@ from kr1.sft import gold_trajectory, train_sft
 from kr1.protocol import INVALID_FEEDBACK, PROMPT_TEMPLATES, PROTOCOL_TAGS, THINK_CLOSE, THINK_OPEN
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+# bump when the tokenizer, model or warm start change, so caches keyed by it rebuild
+BOOTSTRAP_VERSION = 2
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -92,7 +94,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, size: str, seed: int, max_po
 
 def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, world: Path, index: Path,
                steps: int, seed: int, top_k: int = 3, max_passage_chars: int = 600, template: str = "compact",
-               retry_fraction: float = 0.3, lr: float = 3e-3, progress: bool = True) -> list[float]:
+               retry_fraction: float = 0.3, lr: float = 1e-2, progress: bool = True) -> list[float]:
     """Supervised fine-tuning on gold single-hop trajectories read through the real index."""
     questions = load_questions(world / "single_hop.jsonl")
     entities = [q.supporting_titles[0] for q in questions]
@@ -103,6 +105,8 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, worl
     rng = random.Random(seed)
     examples = []
     for q, entity, found, w, w_found in zip(questions, entities, hits, wrong, wrong_hits):
+        if all(h.title != q.supporting_titles[-1] for h in found[:top_k]):
+            continue  # the retriever does not surface the evidence: no gold trajectory to imitate
         missed = w != entity and all(h.title != entity for h in w_found)
         miss = (w, w_found) if missed and rng.random() < retry_fraction else None
         examples.append(gold_trajectory(tokenizer, q, found[:top_k], max_passage_chars, template, miss))

@@ -35,6 +35,8 @@ TITLE_NOUNS = ["Lantern", "Harbor", "Orchard", "Tower", "River", "Garden", "Mirr
                "Voyage", "Crown", "Letter", "Island", "Shadow", "Bell", "Feather", "Gate", "Mask"]
 ORG_KINDS = ["Pictures", "Institute", "Records", "Foundation", "Company", "Society", "Works", "Academy"]
 SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
+# bump when the generated files change for the same seed, so caches keyed by it rebuild
+WORLD_VERSION = 2
 
 
 @dataclass
@@ -249,23 +251,40 @@ def multi_hop_questions(world: World, rng: random.Random, per_type: int) -> list
     return questions
 
 
-def single_hop_questions(world: World) -> list[QARecord]:
+# single-hop phrasings, several per fact, with the entity in different places of the sentence
+SINGLE_HOP_TEMPLATES = {
+    "birthplace": ["Where was {e} born?", "{e} was born in which city?", "What is the birthplace of {e}?"],
+    "birth_year": ["In which year was {e} born?", "When was {e} born?", "{e} was born in which year?"],
+    "father": ["Who is the father of {e}?", "{e} is the child of whom?"],
+    "spouse": ["Who did {e} marry?", "Who is the spouse of {e}?"],
+    "director": ["Who directed the film {e}?", "The film {e} was directed by whom?", "Who is the director of {e}?"],
+    "film_year": ["In which year did {e} come out?", "When did the film {e} come out?", "{e} came out in which year?"],
+    "founder": ["Who founded {e}?", "{e} was founded by whom?"],
+    "film_by": ["Which film did {e} direct in {year}?", "In {year}, which film was directed by {e}?"],
+    "country": ["In which country is {e}?", "{e} is a city in which country?"],
+}
+
+
+def single_hop_questions(world: World, rng: random.Random) -> list[QARecord]:
     """One-passage questions: the warm-start curriculum, never used for the RL task."""
-    rows: list[QARecord] = []
-    for person in world.people.values():
-        rows.append(_question("", f"Where was {person.name} born?", person.birthplace, "single_hop", [person.name]))
-        rows.append(_question("", f"In which year was {person.name} born?", str(person.birth_year),
-                              "single_hop", [person.name]))
-    for film in world.films.values():
-        rows.append(_question("", f"Who directed the film {film.title}?", film.director, "single_hop", [film.title]))
-        rows.append(_question("", f"In which year did {film.title} come out?", str(film.year), "single_hop",
-                              [film.title]))
-    for org in world.organisations.values():
-        rows.append(_question("", f"Who founded {org.name}?", org.founder, "single_hop", [org.name]))
-    for city in world.cities.values():
-        rows.append(_question("", f"In which country is {city.name}?", city.country, "single_hop", [city.name]))
-    for i, row in enumerate(rows):
-        row.id = f"single-{i}"
+    facts: list[tuple] = []  # (relation, entity, answer[, year])
+    for p in world.people.values():
+        facts += [("birthplace", p.name, p.birthplace), ("birth_year", p.name, str(p.birth_year))]
+        facts += [("father", p.name, p.father)] if p.father else []
+        facts += [("spouse", p.name, p.spouse)] if p.spouse else []
+    for f in world.films.values():
+        facts += [("director", f.title, f.director), ("film_year", f.title, str(f.year))]
+    # questions answered by a title: the film a director made in a given year, where that is unique
+    made = [(f.director, f.year) for f in world.films.values()]
+    facts += [("film_by", f.director, f.title, f.year) for f in world.films.values()
+              if made.count((f.director, f.year)) == 1]
+    facts += [("founder", o.name, o.founder) for o in world.organisations.values()]
+    facts += [("country", c.name, c.country) for c in world.cities.values()]
+    rows = []
+    for i, (relation, entity, answer, *year) in enumerate(facts):
+        problem = rng.choice(SINGLE_HOP_TEMPLATES[relation]).format(e=entity, year=year[0] if year else "")
+        # the entity searched, then the passage that states the fact (the film's own for "film_by")
+        rows.append(_question(f"single-{i}", problem, answer, "single_hop", [entity, answer] if year else [entity]))
     return rows
 
 
@@ -297,7 +316,7 @@ def generate(out: Path, seed: int = 0, people: int = 300) -> dict[str, Any]:
         for split, rows in splits.items():
             write_jsonl(tmp / f"{split}.jsonl", (r.to_row() for r in rows))
         manifest["single_hop_questions"] = write_jsonl(tmp / "single_hop.jsonl",
-                                                       (r.to_row() for r in single_hop_questions(world)))
+                                                       (r.to_row() for r in single_hop_questions(world, rng)))
         write_json(tmp / "manifest.json", manifest)
     return manifest
 

@@ -58,7 +58,7 @@ def tiny_model(world_dir, index_factory, tmp_path_factory) -> Path:
     from pipelines.bootstrap_model import bootstrap
 
     out = tmp_path_factory.mktemp("model") / "tiny"
-    bootstrap(world_dir, out, seed=0, size="tiny", index=index_factory(2), sft_steps=80, progress=False)
+    bootstrap(world_dir, out, seed=0, size="tiny", index=index_factory(2), sft_steps=250, progress=False)
     return out
 
 

@@ -61,7 +61,7 @@ def test_on_policy_loss_is_minus_advantage_token_mean():
     logprobs = torch.zeros(2, 3, requires_grad=True)
     out = _loss(logprobs, mask, torch.tensor([2.0, -1.0]))
     # ratio 1 everywhere: each generated token contributes -advantage; 3 tokens in all
-    assert float(out.loss) == pytest.approx((-2.0 - 2.0 + 1.0) / 3)
+    assert float(out.loss.detach()) == pytest.approx((-2.0 - 2.0 + 1.0) / 3)
     assert out.clip_fraction == 0.0
 
 

@@ -73,11 +73,12 @@ def test_names_are_invented_and_unique(world_dir):
     assert not common & {w for t in titles for w in t.split()}
 
 
-def test_single_hop_questions_name_one_passage(world_dir):
+def test_single_hop_questions_are_answered_by_one_passage(world_dir):
     by_title = _passages_by_title(world_dir)
     for q in load_questions(world_dir / "single_hop.jsonl"):
-        (title,) = q.supporting_titles
-        assert q.golden_answers[0] in by_title[title].text
+        entity, evidence = q.supporting_titles[0], q.supporting_titles[-1]
+        assert entity in q.problem
+        assert q.golden_answers[0] in by_title[evidence].text and entity in by_title[evidence].text
 
 
 def test_cli_writes_manifest(tmp_path, capsys):
