@@ -22,6 +22,7 @@ from kr1.batch import TrainBatch
 from kr1.batching import TokenBudgetBatcher
 from kr1.config import Config
 from kr1.policy_update import batch_logprobs
+from kr1.ray_runtime import stop_actors
 
 
 class ReferenceWorker:
@@ -76,6 +77,5 @@ class ReferencePool:
         return out
 
     def close(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
+        stop_actors(self.workers)
         self.workers = []

@@ -19,6 +19,7 @@ import ray
 
 from kr1.config import RetrieverConfig
 from kr1.hits import Hit, merge_hits
+from kr1.ray_runtime import stop_actors
 
 
 class RetrieverShard:
@@ -98,6 +99,5 @@ class RetrieverPool:
 
     def close(self) -> None:
         """Stop the shard actors (the pool is unusable afterwards)."""
-        for shard in self.shards:
-            ray.kill(shard)
+        stop_actors(self.shards)
         self._shards, self.shard_names = [], []

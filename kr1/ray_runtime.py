@@ -42,3 +42,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | float | None = None,
     # address="local": always a fresh instance, never a stale cluster a `ray start` left behind
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host=dashboard_host,
              logging_level=logging.WARNING, log_to_driver=True)
+
+
+def stop_actors(actors: list, timeout_s: float = 10.0) -> None:
+    """Let actors exit on their own (no SIGTERM tracebacks at the end of a run), killing any that hang."""
+    refs = [a.__ray_terminate__.options(max_task_retries=0).remote() for a in actors]
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for a in actors:
+        ray.kill(a)
