@@ -27,6 +27,7 @@ from kr1.batch import TrainBatch
 from kr1.batching import TokenBudgetBatcher
 from kr1.config import Config
 from kr1.policy_update import batch_logprobs, train_step
+from kr1.ray_runtime import stop_actors
 
 
 def _free_port() -> int:
@@ -100,8 +101,11 @@ class LearnerWorker:
         return batch_logprobs(self.reference if reference else self.model, part, micro, self.device)
 
     def train_step(self, part: TrainBatch, micro: Sequence[np.ndarray], normalizer: float) -> dict[str, float]:
-        return train_step(self.model, self.optimizer, part, micro, normalizer=normalizer, scale=self.world_size,
-                          algo=self.cfg.algorithm, grad_clip=self.cfg.learner.grad_clip, device=self.device)
+        metrics = train_step(self.model, self.optimizer, part, micro, normalizer=normalizer, scale=self.world_size,
+                             algo=self.cfg.algorithm, grad_clip=self.cfg.learner.grad_clip, device=self.device)
+        if self.device.type == "cuda":  # hand the update's cached blocks back before a colocated vLLM wakes
+            torch.cuda.empty_cache()
+        return metrics
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather the unsharded weights (every rank joins); rank 0 returns them on CPU."""
@@ -220,6 +224,5 @@ class LearnerGroup:
         ray.get([w.load_checkpoint.remote(directory) for w in self.workers])
 
     def close(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
+        stop_actors(self.workers)
         self.workers = []

@@ -18,6 +18,7 @@ import ray
 from kr1.config import Config
 from kr1.data import QARecord
 from kr1.generation import make_generator
+from kr1.ray_runtime import stop_actors
 from kr1.rollout import Episode, RolloutSettings, new_episodes, run_episodes
 
 
@@ -35,6 +36,7 @@ class RolloutEngine:
             enable_sleep_mode=cfg.cluster.colocate, weight_sync=cfg.learner.weight_sync)
         self.tokenizer = self.generator.tokenizer
         self.retriever = retriever
+        self.asleep = False
 
     def __repr__(self) -> str:  # Ray shows this in the dashboard and log prefixes
         return f"RolloutEngine({self.index}, {self.cfg.rollout.backend})"
@@ -45,6 +47,7 @@ class RolloutEngine:
     def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
                 seed: int | None = None) -> list[Episode]:
         """Play `n_samples` episodes per question to their end; `seed` fixes the sampling."""
+        self.wake_up()  # a colocated engine put to sleep for the update generates again
         if seed is not None:
             self.generator.reseed(seed * 1009 + self.index)
         episodes = new_episodes(questions, self.tokenizer, n_samples, self.cfg.rollout.prompt_template)
@@ -54,6 +57,7 @@ class RolloutEngine:
 
     def load_weights(self, state: dict[str, Any]) -> bool:
         """Take new policy weights (the object-store sync; the GPU modes are in actors/weight_sync.py)."""
+        self.wake_up()
         self.generator.load_state_dict(state)
         return True
 
@@ -62,13 +66,15 @@ class RolloutEngine:
 
     def sleep(self) -> bool:
         """Free the KV cache (and weights at sleep_level 2) while the learner trains on the same GPU."""
-        if hasattr(self.generator, "llm") and self.cfg.cluster.colocate:
+        if hasattr(self.generator, "llm") and self.cfg.cluster.colocate and not self.asleep:
             self.generator.llm.sleep(level=self.cfg.rollout.sleep_level)
+            self.asleep = True
         return True
 
     def wake_up(self, tags: list[str] | None = None) -> bool:
-        if hasattr(self.generator, "llm") and self.cfg.cluster.colocate:
+        if hasattr(self.generator, "llm") and self.cfg.cluster.colocate and self.asleep:
             self.generator.llm.wake_up(tags)
+            self.asleep = tags is not None and "kv_cache" not in tags  # weights alone: still half asleep
         return True
 
     # vLLM's weight-transfer control plane under LLM's own names, so that vLLM's
@@ -139,6 +145,5 @@ class RolloutEnginePool:
         return len(self.engines) * self.tensor_parallel_size
 
     def close(self) -> None:
-        for engine in self.engines:
-            ray.kill(engine)
+        stop_actors(self.engines)
         self.engines = []

@@ -16,9 +16,10 @@ from typing import Callable
 from kr1.bm25_index import BM25IndexError
 from kr1.config import ConfigError
 from kr1.data import DataError
+from kr1.plan import PlanError
 from kr1.ray_runtime import ClusterConnectError
 
-USER_ERRORS = (ConfigError, DataError, BM25IndexError, FileNotFoundError, ClusterConnectError)
+USER_ERRORS = (ConfigError, DataError, BM25IndexError, FileNotFoundError, ClusterConnectError, PlanError)
 
 
 def run_cli(main: Callable[[], None]) -> None:

@@ -171,6 +171,10 @@ class ClusterConfig:
     placement_strategy: str = "PACK"
     # rollout engines share GPUs with the learner (hybrid engine)
     colocate: bool = False
+    # memory of one GPU in GiB (an "80 GB" H100 holds 80 GiB), for kr1.plan's estimates
+    gpu_memory_gb: float = 80.0
+    # refuse to start a GPU run whose kr1.plan estimate exceeds gpu_memory_gb (false: start anyway)
+    memory_plan: bool = True
 
 
 @dataclass

@@ -25,8 +25,9 @@ from kr1.checkpoint import CheckpointDirs, read_trainer_state, write_trainer_sta
 from kr1.config import Config, expand_path, to_yaml
 from kr1.data import load_questions
 from kr1.metrics import episode_metrics
+from kr1.plan import check_memory_plan
 from kr1.prompt_loader import PromptLoader
-from kr1.ray_runtime import ensure_ray
+from kr1.ray_runtime import ensure_ray, stop_actors
 from kr1.rewards import EpisodeScores
 from kr1.run_logger import RunLogger
 
@@ -44,6 +45,8 @@ class TrainingRun:
         from actors.weight_sync import make_weight_sync
 
         self.cfg = cfg
+        if cfg.cluster.memory_plan:
+            check_memory_plan(cfg)
         # join or start Ray first: a cluster we cannot reach should fail before any building starts
         ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host, include_dashboard=True)
         self.output_dir = expand_path(cfg.trainer.output_dir)
@@ -81,6 +84,7 @@ class TrainingRun:
         return self.scorer.score.remote(episodes, golds)
 
     def ref_logprobs(self, batch: TrainBatch) -> TrainBatch:
+        self.engines.sleep()  # colocated vLLM frees GPU memory before the reference pass; a no-op otherwise
         return batch.with_fields(ref_logprobs=self.reference.logprobs(batch))
 
     def advantages(self, batch: TrainBatch, scores: EpisodeScores) -> TrainBatch:
@@ -90,7 +94,7 @@ class TrainingRun:
         return batch.with_fields(rewards=scores.rewards, advantages=adv.numpy().astype(np.float32))
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
-        self.engines.sleep()  # colocated vLLM frees GPU memory for the learner; a no-op otherwise
+        self.engines.sleep()  # still asleep since the reference pass (kept for runs without a reference)
         return self.learners.update(batch)
 
     def sync_weights(self) -> None:
@@ -173,5 +177,5 @@ class TrainingRun:
         self.logger.close()
         for pool in (self.engines, self.reference, self.learners, self.retriever):
             pool.close()
-        ray.kill(self.scorer)
+        stop_actors([self.scorer])
         self.placement.close()
