@@ -52,12 +52,9 @@ class RetrieverPool:
     def __init__(self, index_dir: str | Path, num_shards: int | None = None, top_k: int = 3,
                  backend: str = "numba", max_query_chars: int = 1000, num_cpus_per_shard: float = 1.0,
                  max_restarts: int = 3, name: str | None = None) -> None:
-        from kr1.bm25_index import BM25IndexError, IndexManifest
+        from kr1.bm25_index import BM25IndexError, check_index
 
-        manifest = IndexManifest.load(index_dir)
-        if num_shards is not None and num_shards != manifest.num_shards:
-            raise BM25IndexError(f"{index_dir}: index has {manifest.num_shards} shards but retriever.num_shards="
-                                 f"{num_shards}; rebuild the index or set retriever.num_shards={manifest.num_shards}")
+        manifest = check_index(index_dir, num_shards)  # before any actor starts
         self.index_dir = str(index_dir)
         self.num_docs = manifest.num_docs
         self.top_k = top_k

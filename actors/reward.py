@@ -1,6 +1,6 @@
 """The reward scorer actor: batches of episodes in, `EpisodeScores` out.
 
-    scorer = ray.remote(RewardScorer).remote(cfg.reward)
+    scorer = start_scorer(cfg.reward)               # restarts if it dies; calls are retried
     scores = ray.get(scorer.score.remote(episodes_ref, golds))
 
 The reward functions are the plain functions of `kr1.rewards`; this role only batches
@@ -9,7 +9,9 @@ them, so scoring can run beside the reference model's forward pass.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+import ray
 
 from kr1.config import RewardConfig
 from kr1.rewards import EpisodeScores, reward_weights, score_episodes
@@ -31,3 +33,9 @@ class RewardScorer:
 
     def score(self, episodes: Sequence[Episode], golds: Mapping[str, Sequence[str]]) -> EpisodeScores:
         return score_episodes(episodes, golds, self.weights)
+
+
+def start_scorer(cfg: RewardConfig, max_restarts: int = 3) -> Any:
+    """The scorer as a Ray actor that restarts when it dies; scoring is pure, so a retried call is safe."""
+    options = {"num_cpus": 0.1, "max_restarts": max_restarts, "max_task_retries": max_restarts}
+    return ray.remote(RewardScorer).options(**options).remote(cfg)

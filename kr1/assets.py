@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from kr1.bm25_index import check_index
 from kr1.config import Config, ConfigError, expand_path
 from kr1.data import DataError
 
@@ -104,6 +105,7 @@ def resolve_assets(cfg: Config, progress: bool = True) -> Assets:
     for split, path in paths.items():
         if not path.is_file():
             raise DataError(f"{path}: question file for split {split!r} not found")
+    check_index(index, cfg.retriever.num_shards)  # a mismatched index fails here, before any actor starts
     if cfg.model.path:
         model = _model_path(cfg.model.path)
     return Assets(paths, index, model)

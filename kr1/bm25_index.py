@@ -87,6 +87,14 @@ class IndexManifest:
             raise BM25IndexError(f"{path}: unreadable manifest ({e})") from None
         if manifest.format_version != FORMAT_VERSION:
             raise BM25IndexError(f"{path}: format_version {manifest.format_version}, this kr1 reads {FORMAT_VERSION}")
+        if len(manifest.shard_offsets) != manifest.num_shards + 1 or manifest.shard_offsets[-1] != manifest.num_docs:
+            raise BM25IndexError(f"{path}: shard_offsets {manifest.shard_offsets} do not fit {manifest.num_shards} "
+                                 f"shards of {manifest.num_docs} documents; rebuild the index")
+        try:  # queries are tokenised with these settings: fail here, not inside every shard actor
+            manifest.tokenizer_spec.tokenize(["probe"])
+        except Exception as e:
+            reason = str(e.args[0]).splitlines()[0] if e.args else type(e).__name__
+            raise BM25IndexError(f"{path}: tokenizer settings {manifest.tokenizer} are unusable ({reason})") from None
         return manifest
 
     @property
@@ -96,6 +104,26 @@ class IndexManifest:
 
 def shard_dir(index_dir: str | Path, shard: int) -> Path:
     return Path(index_dir) / f"shard_{shard:03d}"
+
+
+def check_index(index_dir: str | Path, num_shards: int | None = None) -> IndexManifest:
+    """The manifest, once the index is known to be usable: the shard count asked for, every shard
+    present, and each shard's vocabulary the manifest's (a shard from another build, with other
+    tokenizer settings or another corpus, has another one). Reads no more than file headers."""
+    manifest = IndexManifest.load(index_dir)
+    if num_shards is not None and num_shards != manifest.num_shards:
+        raise BM25IndexError(f"{index_dir}: index has {manifest.num_shards} shards but retriever.num_shards="
+                             f"{num_shards}; rebuild the index or set retriever.num_shards={manifest.num_shards}")
+    for shard in range(manifest.num_shards):
+        path = shard_dir(index_dir, shard)
+        indptr = path / "indptr.csc.index.npy"
+        if not (path / "params.index.json").is_file() or not indptr.is_file():
+            raise BM25IndexError(f"{path}: shard files missing; the index is incomplete, rebuild it")
+        terms = np.load(indptr, mmap_mode="r").shape[0] - 1  # the score matrix has one column per term
+        if terms != manifest.vocab_size:
+            raise BM25IndexError(f"{path}: {terms} terms, manifest says {manifest.vocab_size}; the shard comes "
+                                 f"from another build (corpus or tokenizer settings), rebuild the index")
+    return manifest
 
 
 @dataclass

@@ -109,6 +109,9 @@ class ShardSearcher:
             raise BM25IndexError(f"{path}: holds {self.model.scores['num_docs']} documents, manifest says {expected}")
         self.spec = manifest.tokenizer_spec
         self.vocab = self.model.vocab_dict
+        if len(self.vocab) != manifest.vocab_size:  # a shard of another build: its term ids mean other terms
+            raise BM25IndexError(f"{path}: {len(self.vocab)} terms, manifest says {manifest.vocab_size}; the shard "
+                                 f"comes from another build (corpus or tokenizer settings), rebuild the index")
         self.backend = backend
         self.threads = threads
 

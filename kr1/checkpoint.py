@@ -8,7 +8,10 @@
 
 A checkpoint directory exists under its final name only once everything in it has been
 written (atomic rename), so a run killed mid-write leaves the previous one as the latest.
-The writers must see the same file system (a shared one on a multi-node cluster).
+`trainer_state.json` is written last and lists every other file with its size; a directory
+without it, with an unreadable one, or with a file missing or of another size (copied or
+synced by hand, a full disk) is never resumed from. The writers must see the same file
+system (a shared one on a multi-node cluster).
 """
 
 from __future__ import annotations
@@ -41,26 +44,60 @@ class CheckpointDirs:
             yield tmp
         self._prune()
 
-    def complete(self) -> list[tuple[int, Path]]:
+    def scan(self) -> list[tuple[int, Path, str | None]]:
+        """(step, path, why it cannot be resumed from or None) of every `step_NNNNNN`, by step."""
         found = []
         if self.root.is_dir():
             for path in self.root.iterdir():
                 match = _NAME.fullmatch(path.name)
-                if match and (path / STATE_FILE).is_file():
-                    found.append((int(match.group(1)), path))
+                if match:
+                    step = int(match.group(1))
+                    found.append((step, path, damage(path, step)))
         return sorted(found)
+
+    def complete(self) -> list[tuple[int, Path]]:
+        return [(step, path) for step, path, problem in self.scan() if problem is None]
 
     def latest(self) -> tuple[int, Path] | None:
         found = self.complete()
         return found[-1] if found else None
+
+    def remove_partial(self) -> list[Path]:
+        """Delete what killed writers left (`.step_*.partial-*`, `.step_*.old-*`); returns the paths."""
+        leftovers = sorted(self.root.glob(".step_*.partial-*")) + sorted(self.root.glob(".step_*.old-*"))
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        return leftovers
 
     def _prune(self) -> None:
         for _, path in self.complete()[:-self.keep]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def damage(path: Path, step: int) -> str | None:
+    """Why checkpoint directory `path` of `step` cannot be resumed from, or None when it is whole."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return f"no {STATE_FILE}"
+    except (OSError, ValueError) as e:
+        return f"{STATE_FILE} is unreadable ({str(e).splitlines()[0]})"
+    if not isinstance(state, dict) or state.get("step") != step or not isinstance(state.get("files", {}), dict):
+        return f"{STATE_FILE} is not the state of step {step}"
+    for name, size in state.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} holds {file.stat().st_size} bytes, {size} were written"
+    return None
+
+
 def write_trainer_state(directory: Path, state: dict[str, Any]) -> None:
-    write_json(directory / STATE_FILE, state)
+    """Write this last: it records every other file's size, which `damage` checks on resume."""
+    files = {str(p.relative_to(directory)): p.stat().st_size
+             for p in sorted(Path(directory).rglob("*")) if p.is_file() and p.name != STATE_FILE}
+    write_json(directory / STATE_FILE, {**state, "files": files})
 
 
 def read_trainer_state(directory: Path) -> dict[str, Any]:

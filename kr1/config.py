@@ -235,8 +235,10 @@ def _merge(base: Any, layer: Any, origin: str) -> Any:
         return OmegaConf.merge(base, layer)
     except ConfigKeyError as e:
         raise ConfigError(f"{origin}: unknown config key '{e.full_key}'") from None
-    except ValidationError as e:
-        raise ConfigError(f"{origin}: bad value for '{e.full_key}': {e.msg}") from None
+    except ValidationError as e:  # OmegaConf appends the key and types on further lines: keep the first
+        if e.full_key is None:  # a whole section given a scalar: only str(e) says which
+            raise ConfigError(f"{origin}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{origin}: bad value for '{e.full_key}': {str(e.msg).splitlines()[0]}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{origin}: {str(e).splitlines()[0]}") from None
 

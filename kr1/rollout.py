@@ -12,6 +12,7 @@ and the token budget end the rest.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -39,6 +40,9 @@ class Episode:
     answer: str | None = None
     finish: str = ""  # answer | max_turns | max_tokens
     response_text: str = ""  # the response decoded, for people to read
+    # wall seconds of the batched searches this episode waited on, split evenly among their episodes,
+    # so the sum over a batch is the rollout's retrieval time (a timing, left out of comparisons)
+    search_seconds: float = field(default=0.0, compare=False)
 
     @property
     def length(self) -> int:
@@ -124,8 +128,11 @@ def run_episodes(episodes: list[Episode], generate: GenerateFn, search: SearchFn
             elif not last_turn:
                 episode.append(feedback[:settings.max_total_tokens - episode.length], generated=False)
         if searching:
+            start = time.perf_counter()
             results = search([query for _, query in searching])
+            share = (time.perf_counter() - start) / len(searching)
             for (episode, _), hits in zip(searching, results):
+                episode.search_seconds += share
                 episode.retrieved_ids.append([h.id for h in hits])
                 info = format_information([(h.title, h.text) for h in hits], settings.max_passage_chars)
                 episode.append(_encode(tokenizer, info)[:settings.max_total_tokens - episode.length], generated=False)

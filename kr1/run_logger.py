@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from kr1.atomic_write import atomic_file
+
 CONSOLE = [("reward/mean", "reward {:.3f}"), ("rollout/em", "em {:.1f}"), ("rollout/searches", "searches {:.2f}"),
            ("rollout/turns", "turns {:.2f}"), ("train/kl", "kl {:.4f}"), ("eval/em", "eval em {:.1f}"),
            ("time/step", "{:.1f}s")]
@@ -40,12 +42,24 @@ class PhaseTimer:
 
 
 class RunLogger:
-    def __init__(self, output_dir: Path, total_steps: int, quiet: bool = False) -> None:
+    """Logs steps after `start_step` (the resumed checkpoint's step; 0 for a fresh run).
+
+    What an earlier run in the same directory logged after `start_step` (a run killed between
+    checkpoints) is dropped from metrics.jsonl and hidden in TensorBoard (`purge_step`), so
+    every step appears once.
+    """
+
+    def __init__(self, output_dir: Path, total_steps: int, quiet: bool = False, start_step: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.output_dir = Path(output_dir)
-        self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
-        self.jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
+        purge_step = start_step + 1 if start_step else 0
+        self.writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=purge_step)
+        path = self.output_dir / "metrics.jsonl"
+        kept = _rows_up_to(path, start_step) if start_step else []
+        with atomic_file(path) as handle:
+            handle.writelines(kept)
+        self.jsonl = open(path, "a", encoding="utf-8")
         self.total_steps = total_steps
         self.quiet = quiet
 
@@ -63,3 +77,17 @@ class RunLogger:
     def close(self) -> None:
         self.writer.close()
         self.jsonl.close()
+
+
+def _rows_up_to(path: Path, step: int) -> list[str]:
+    """The lines of a metrics file logged at or before `step` (a half-written last line is dropped)."""
+    kept = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    return kept

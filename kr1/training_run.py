@@ -3,7 +3,8 @@
 Start-up finds or builds the inputs, starts or joins Ray, reserves placement groups and
 starts every pool: retriever shards, rollout engines, learner group, reference, reward
 scorer. With `trainer.resume=true` it reloads the latest complete checkpoint (policy,
-optimizer, RNG states, step) and pushes those weights to the engines.
+optimizer, RNG states, step), pushes those weights to the engines, and drops what a killed
+run logged after that step, so every step is logged once.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class TrainingRun:
         from actors.placement import Placement
         from actors.reference import ReferencePool
         from actors.retriever import RetrieverPool
-        from actors.reward import RewardScorer
+        from actors.reward import start_scorer
         from actors.rollout_engine import RolloutEnginePool
         from actors.weight_sync import make_weight_sync
 
@@ -49,13 +50,14 @@ class TrainingRun:
             check_memory_plan(cfg)
         # join or start Ray first: a cluster we cannot reach should fail before any building starts
         ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host, include_dashboard=True)
-        self.output_dir = expand_path(cfg.trainer.output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
         self.assets = resolve_assets(cfg, progress=not quiet)
         self.loader = PromptLoader(load_questions(self.assets.split_path("train")), cfg.trainer.prompts_per_step,
                                    cfg.trainer.seed)
         self.dev = load_questions(self.assets.split_path("dev"))[:cfg.trainer.eval_prompts]
+        # the run directory appears only once every input has been found and validated
+        self.output_dir = expand_path(cfg.trainer.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
         self.pad_id = AutoTokenizer.from_pretrained(self.assets.model_path).pad_token_id or 0
         model = self.assets.model_path
         self.placement = Placement(cfg)
@@ -63,11 +65,12 @@ class TrainingRun:
         self.learners = LearnerGroup(cfg, model, self.placement)
         self.reference = ReferencePool(cfg, model, self.placement, self.learners)
         self.engines = RolloutEnginePool(cfg, model, self.retriever, self.placement)
-        self.scorer = ray.remote(RewardScorer).options(num_cpus=0.1).remote(cfg.reward)
+        self.scorer = start_scorer(cfg.reward)
         self.weight_sync = make_weight_sync(cfg.learner.weight_sync)
         self.checkpoints = CheckpointDirs(self.output_dir)
-        self.logger = RunLogger(self.output_dir, cfg.trainer.total_steps, quiet=quiet)
         self.start_step = self._resume() if cfg.trainer.resume else 0
+        # rows a killed run logged past the checkpoint are dropped: each step is logged once
+        self.logger = RunLogger(self.output_dir, cfg.trainer.total_steps, quiet=quiet, start_step=self.start_step)
         random.seed(cfg.trainer.seed)
         np.random.seed(cfg.trainer.seed)
 
@@ -153,13 +156,18 @@ class TrainingRun:
             return None
         with self.checkpoints.writing(done) as tmp:
             self.learners.save_checkpoint(str(tmp))
-            write_trainer_state(tmp, {"step": done, "data_position": self.loader.position(done),
-                                      "python_rng": repr(random.getstate()), "time": time.time()})
             torch.save({"numpy": np.random.get_state(), "torch": torch.get_rng_state()}, tmp / "rng_driver.pt")
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
+            write_trainer_state(tmp, {"step": done, "data_position": self.loader.position(done),  # last
+                                      "python_rng": repr(random.getstate()), "time": time.time()})
         return self.checkpoints.path(done)
 
     def _resume(self) -> int:
+        for path in self.checkpoints.remove_partial():
+            print(f"trainer.resume: removed {path.name}, left by a run killed while writing it", file=sys.stderr)
+        for _, path, damage in self.checkpoints.scan():
+            if damage:
+                print(f"trainer.resume: skipping {path}: {damage}", file=sys.stderr)
         latest = self.checkpoints.latest()
         if latest is None:
             print(f"trainer.resume: no checkpoint in {self.checkpoints.root}, starting from step 0", file=sys.stderr)
