@@ -25,9 +25,39 @@ from kr1.hits import Hit
 
 
 @numba.njit(cache=True, nogil=True)
+def _top_k_dense(query: np.ndarray, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, k: int,
+                 scores: np.ndarray, out_docs: np.ndarray, out_scores: np.ndarray) -> None:
+    """`_top_k_one` for queries that touch much of the shard: a sequential scan beats tracking documents."""
+    for t in query:
+        for j in range(indptr[t], indptr[t + 1]):
+            scores[indices[j]] += data[j]
+    count = 0
+    for d in range(len(scores)):  # ascending documents: an equal score never displaces an earlier one
+        v = scores[d]
+        if v == 0 or (count == k and v <= out_scores[k - 1]):
+            continue
+        pos = count if count < k else k - 1
+        if count < k:
+            count += 1
+        while pos > 0 and out_scores[pos - 1] < v:
+            out_scores[pos] = out_scores[pos - 1]
+            out_docs[pos] = out_docs[pos - 1]
+            pos -= 1
+        out_scores[pos] = v
+        out_docs[pos] = d
+    scores[:] = 0
+
+
+@numba.njit(cache=True, nogil=True)
 def _top_k_one(query: np.ndarray, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, k: int,
                scores: np.ndarray, touched: np.ndarray, out_docs: np.ndarray, out_scores: np.ndarray) -> None:
     """Score one query into the zeroed `scores` buffer, keep its top-k, then re-zero the buffer."""
+    postings = 0
+    for t in query:
+        postings += indptr[t + 1] - indptr[t]
+    if postings * 8 > len(scores):
+        _top_k_dense(query, data, indices, indptr, k, scores, out_docs, out_scores)
+        return
     n = 0
     for t in query:
         for j in range(indptr[t], indptr[t + 1]):
