@@ -88,8 +88,9 @@ def damage(path: Path, step: int) -> str | None:
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
-        if file.stat().st_size != size:
-            return f"{name} holds {file.stat().st_size} bytes, {size} were written"
+        actual = file.stat().st_size
+        if actual != size:
+            return f"{name} holds {actual} bytes, {size} were written"
     return None
 
 

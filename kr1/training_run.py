@@ -97,8 +97,7 @@ class TrainingRun:
         return batch.with_fields(rewards=scores.rewards, advantages=adv.numpy().astype(np.float32))
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
-        self.engines.sleep()  # still asleep since the reference pass (kept for runs without a reference)
-        return self.learners.update(batch)
+        return self.learners.update(batch)  # colocated engines sleep from ref_logprobs until sync_weights
 
     def sync_weights(self) -> None:
         self.weight_sync.sync(self.learners, self.engines)

@@ -62,6 +62,22 @@ def tiny_model(world_dir, index_factory, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def questions(world_dir):
+    """Six multi-hop and six single-hop dev questions."""
+    from kr1.data import load_questions
+
+    return load_questions(world_dir / "dev.jsonl")[:6] + load_questions(world_dir / "single_hop.jsonl")[:6]
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model):
+    """The tiny model behind the `hf` generator, in the test process."""
+    from kr1.generation import HFGenerator
+
+    return HFGenerator(str(tiny_model), seed=0)
+
+
 @pytest.fixture(scope="session")
 def retriever_pool(ray_session, index_factory):
     from actors.retriever import RetrieverPool

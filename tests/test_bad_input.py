@@ -17,19 +17,8 @@ import pytest
 from actors.retriever import RetrieverPool
 from kr1.cli_errors import run_cli
 from kr1.data import load_questions
-from kr1.generation import HFGenerator
 from kr1.protocol import INFO_CLOSE, INFO_OPEN, INVALID_FEEDBACK, PROTOCOL_TAGS
 from kr1.rollout import RolloutSettings, new_episodes, run_episodes
-
-
-@pytest.fixture(scope="module")
-def questions(world_dir):
-    return load_questions(world_dir / "dev.jsonl")[:6] + load_questions(world_dir / "single_hop.jsonl")[:6]
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_model):
-    return HFGenerator(str(tiny_model), seed=0)
 
 
 # --- 3. bad input -------------------------------------------------------------------------------

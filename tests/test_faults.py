@@ -31,7 +31,6 @@ from actors.reward import RewardScorer, start_scorer
 from actors.rollout_engine import RolloutEnginePool
 from kr1.checkpoint import STATE_FILE, CheckpointDirs, damage, write_trainer_state
 from kr1.config import load_config
-from kr1.data import load_questions
 from kr1.generation import HFGenerator
 from kr1.hits import merge_hits
 from kr1.rollout import Episode, RolloutSettings, new_episodes, run_episodes
@@ -56,16 +55,6 @@ def _restarted(actor, pid: int, timeout_s: float = 120.0) -> int:
 
 def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def questions(world_dir):
-    return load_questions(world_dir / "dev.jsonl")[:6] + load_questions(world_dir / "single_hop.jsonl")[:6]
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_model):
-    return HFGenerator(str(tiny_model), seed=0)
 
 
 @pytest.fixture(scope="module")
