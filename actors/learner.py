@@ -5,7 +5,7 @@
     state_ref = group.state_dict_ref()                 # full state dict, in the object store
 
 Each worker loads the Hugging Face model, shards every decoder layer and then the whole
-model with `fully_shard`, and runs `kr1.policy_update` on its slice of the batch. The
+model with `fully_shard`, and runs `kr1.training.policy_update` on its slice of the batch. The
 driver plans the micro-batches so that every rank runs the same number of passes, and
 normalises the loss by the step's total loss tokens, so N workers make the same update
 as one. Checkpoints are torch distributed checkpoints (each rank writes its shard) plus
@@ -23,11 +23,12 @@ import numpy as np
 import ray
 import torch
 
-from kr1.batch import TrainBatch
-from kr1.batching import TokenBudgetBatcher
+from kr1.cluster import actor_names, stop_actors
 from kr1.config import Config
-from kr1.policy_update import batch_logprobs, train_step
-from kr1.ray_runtime import stop_actors
+from kr1.training.batch import TrainBatch
+from kr1.training.policy_update import batch_logprobs, train_step
+from kr1.training.sharded_model import load_causal_lm, shard_model
+from kr1.training.token_budget import TokenBudgetBatcher
 
 
 def _free_port() -> int:
@@ -36,28 +37,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def load_causal_lm(path: str, dtype: str, gguf_file: str | None = None) -> Any:
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+def trainer_transfer_engine(backend: str, model: Any, rank: int, engines: list[Any], world_size: int) -> Any:
+    """Build this learner rank's side of a vLLM weight-transfer engine (GPU only)."""
+    from vllm.distributed.weight_transfer.base import ModuleSource
+    from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
 
-    hf_logging.disable_progress_bar()
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs)
+    # the engine actors expose LLM's init/start/update/finish_weight_update methods under the same names
+    client = RayVLLMWeightSyncClient(list(engines))
+    source = ModuleSource(model)
+    if backend == "ipc":
+        from vllm.distributed.weight_transfer.ipc_engine import (
+            IPCTrainerInitInfo,
+            IPCTrainerWeightTransferEngine,
+        )
 
+        return IPCTrainerWeightTransferEngine.trainer_init(IPCTrainerInitInfo(rank=rank), client=client,
+                                                           source=source)
+    from vllm.distributed.weight_transfer.nccl_engine import (
+        NCCLTrainerInitInfo,
+        NCCLTrainerWeightTransferEngine,
+    )
 
-def shard_model(model: Any, mesh: Any, cpu_offload: bool, mixed_precision: bool) -> Any:
-    """FSDP2: each decoder layer is its own unit (its parameters gathered only while it runs), then the root."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-
-    kwargs: dict[str, Any] = {"mesh": mesh}
-    if cpu_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
-    if mixed_precision:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
-        fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
-    return model
+    address, port = ray.util.get_node_ip_address(), _free_port()
+    info = NCCLTrainerInitInfo(rank=rank, master_address=address, master_port=port, world_size=world_size + 1)
+    return NCCLTrainerWeightTransferEngine.trainer_init(info, client=client, source=source)
 
 
 class LearnerWorker:
@@ -109,7 +112,10 @@ class LearnerWorker:
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather the unsharded weights (every rank joins); rank 0 returns them on CPU."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)
@@ -117,8 +123,6 @@ class LearnerWorker:
 
     def init_weight_transfer(self, backend: str, engines: list[Any], num_vllm_workers: int) -> bool:
         """Set up this rank's side of vLLM's cuda_ipc / nccl weight transfer (GPU only)."""
-        from actors.weight_sync import trainer_transfer_engine
-
         self.transfer = trainer_transfer_engine(backend, self.model, self.rank, engines, num_vllm_workers)
         return True
 
@@ -146,7 +150,10 @@ class LearnerWorker:
 
     def load_checkpoint(self, directory: str) -> bool:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_state_dict,
+            set_state_dict,
+        )
 
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
         state = {"model": model_state, "optim": optim_state}
@@ -167,7 +174,8 @@ class LearnerGroup:
         self.batcher = TokenBudgetBatcher(cfg.learner.token_budget)
         actor = ray.remote(LearnerWorker)
         options = placement.options_for("learner") if placement else [{} for _ in range(self.world_size)]
-        self.workers = [actor.options(**options[r]).remote(cfg, r, self.world_size, model_path)
+        self.names = actor_names("learner-rank", self.world_size)  # as the Ray dashboard lists them
+        self.workers = [actor.options(name=self.names[r], **options[r]).remote(cfg, r, self.world_size, model_path)
                         for r in range(self.world_size)]
         addr, port = ray.get(self.workers[0].address.remote())
         ray.get([w.setup.remote(addr, port) for w in self.workers])

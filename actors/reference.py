@@ -17,12 +17,12 @@ import numpy as np
 import ray
 import torch
 
-from actors.learner import load_causal_lm
-from kr1.batch import TrainBatch
-from kr1.batching import TokenBudgetBatcher
+from kr1.cluster import actor_names, stop_actors
 from kr1.config import Config
-from kr1.policy_update import batch_logprobs
-from kr1.ray_runtime import stop_actors
+from kr1.training.batch import TrainBatch
+from kr1.training.policy_update import batch_logprobs
+from kr1.training.sharded_model import load_causal_lm
+from kr1.training.token_budget import TokenBudgetBatcher
 
 
 class ReferenceWorker:
@@ -53,10 +53,14 @@ class ReferencePool:
         self.learners = learners
         self.batcher = TokenBudgetBatcher(cfg.learner.token_budget)
         self.workers: list[Any] = []
+        self.names: list[str] = []
         if self.placement == "separate":
-            options = placement.options_for("reference") if placement else [{} for _ in range(cfg.reference.num_workers)]
+            count = cfg.reference.num_workers
+            options = placement.options_for("reference") if placement else [{} for _ in range(count)]
             actor = ray.remote(ReferenceWorker)
-            self.workers = [actor.options(**options[i]).remote(cfg, i, model_path) for i in range(len(options))]
+            self.names = actor_names("reference-worker", len(options))  # as the Ray dashboard lists them
+            self.workers = [actor.options(name=self.names[i], **options[i]).remote(cfg, i, model_path)
+                            for i in range(len(options))]
             ray.get([w.ready.remote() for w in self.workers])
         elif self.placement == "colocate" and learners is None:
             raise ValueError("reference.placement=colocate needs the learner group")

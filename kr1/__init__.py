@@ -1,3 +1,11 @@
-"""kr1: Knowledge-R1, Ray-native RL for language models that reason with a search engine."""
+"""kr1: Knowledge-R1, Ray-native RL for language models that reason with a search engine.
+
+Layers (tests/test_layers.py keeps them true):
+  commands   driver, eval, search, plan, bench: thin mains, imported by nothing
+  shared     config, data, errors, atomic_write (pure), cluster (starts or joins Ray)
+  pure       retrieval/, rollout/, training/: no Ray, no actors, no pipelines
+  run/       orchestration: the only kr1 code that imports actors/ or pipelines/
+  bench/     benchmarks over run/ and the pure layers
+"""
 
 __version__ = "0.1.0"

@@ -22,11 +22,12 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from kr1.atomic_write import atomic_file
+from kr1.errors import UserError
 
 QUESTION_TYPES = ("compositional", "comparison", "inference", "bridge_comparison", "single_hop", "")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset or corpus file that cannot be used (one-line message naming file, row, field)."""
 
 

@@ -3,10 +3,11 @@
     python -m kr1.search --index ~/.cache/kr1/index --top-k 3 "who directed the amber lantern"
     echo "where was arlen voss born" | python -m kr1.search --index DIR --json
 
-Queries come from the arguments, from a question file (`--questions dev.jsonl
---limit 5`) or, when there are none, one a line from standard input. Text output lists rank, score, document id and title; `--json` prints one
-object per query: {"query", "ids", "scores", "titles"}. All shards are searched in
-this process and merged exactly as the retriever pool merges them.
+Queries come from the arguments, from a question file (`--questions dev.jsonl --limit 5`)
+or, when there are none, one a line from standard input. Text output lists rank, score,
+document id and title; `--json` prints one object per query: {"query", "ids", "scores",
+"titles"}. All shards are searched in this process and merged exactly as the retriever pool
+merges them.
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from kr1.bm25_index import IndexManifest
-from kr1.bm25_search import ShardSearcher
-from kr1.hits import Hit, merge_hits
 from kr1.data import load_questions
-
-
-def search_index(index_dir: str | Path, queries: Sequence[str], top_k: int, backend: str = "numba",
-                 max_query_chars: int = 1000) -> list[list[Hit]]:
-    """Search every shard of an index in-process and merge the results."""
-    manifest = IndexManifest.load(index_dir)
-    searchers = [ShardSearcher(index_dir, i, backend=backend) for i in range(manifest.num_shards)]
-    return merge_hits([s.search(queries, top_k, max_query_chars) for s in searchers], top_k)
+from kr1.errors import run_cli
+from kr1.retrieval.hits import Hit
+from kr1.retrieval.scoring import search_index
 
 
 def print_results(queries: Sequence[str], results: Sequence[Sequence[Hit]], as_json: bool, out: TextIO) -> None:
@@ -66,6 +59,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kr1.cli_errors import run_cli
-
     run_cli(main)

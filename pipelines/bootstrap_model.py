@@ -7,7 +7,7 @@ Trains a byte-level BPE tokenizer on the world's corpus and questions with the
 `tokenizers` library (protocol tags such as <search> are single tokens), wraps it as a
 transformers tokenizer with a ChatML chat template, and saves a randomly initialised
 Qwen2 causal LM sized for 2 CPU cores, optionally warm-started on gold single-hop
-trajectories (`--sft-steps`, see kr1/sft.py), in Hugging Face format (loadable by
+trajectories (`--sft-steps`, see kr1/training/warm_start.py), in Hugging Face format (loadable by
 `AutoModelForCausalLM.from_pretrained` and by vLLM). Deterministic for a seed; no
 downloads.
 """
@@ -27,9 +27,16 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from kr1.atomic_write import atomic_directory
 from kr1.data import load_questions
-from kr1.search import search_index
-from kr1.sft import gold_trajectory, train_sft
-from kr1.protocol import INVALID_FEEDBACK, PROMPT_TEMPLATES, PROTOCOL_TAGS, THINK_CLOSE, THINK_OPEN
+from kr1.errors import run_cli
+from kr1.retrieval.scoring import search_index
+from kr1.rollout.protocol import (
+    INVALID_FEEDBACK,
+    PROMPT_TEMPLATES,
+    PROTOCOL_TAGS,
+    THINK_CLOSE,
+    THINK_OPEN,
+)
+from kr1.training.warm_start import gold_trajectory, train_sft
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 # bump when the tokenizer, model or warm start change, so caches keyed by it rebuild
@@ -76,7 +83,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     return tokenizer
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, size: str, seed: int, max_positions: int = 2048) -> Qwen2ForCausalLM:
+def build_model(tokenizer: PreTrainedTokenizerFast, size: str, seed: int,
+                max_positions: int = 2048) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2 causal LM over `tokenizer`'s vocabulary."""
     hidden, layers, heads, kv_heads, intermediate = MODEL_SIZES[size]
     config = Qwen2Config(
@@ -157,6 +165,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kr1.cli_errors import run_cli
-
     run_cli(main)

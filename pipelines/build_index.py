@@ -20,10 +20,18 @@ import ray
 from tqdm.auto import tqdm
 
 from kr1.atomic_write import atomic_directory
-from kr1.bm25_index import (IndexManifest, ShardTokens, TokenizerSpec, merge_statistics, shard_bounds,
-                            tokenize_shard, write_shard)
+from kr1.cluster import ensure_ray
 from kr1.data import Passage, load_corpus
-from kr1.ray_runtime import ensure_ray
+from kr1.errors import run_cli
+from kr1.retrieval.index import (
+    IndexManifest,
+    ShardTokens,
+    TokenizerSpec,
+    merge_statistics,
+    shard_bounds,
+    tokenize_shard,
+    write_shard,
+)
 
 
 @ray.remote
@@ -87,6 +95,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kr1.cli_errors import run_cli
-
     run_cli(main)

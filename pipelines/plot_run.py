@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from kr1.errors import run_cli
+
 CURVES = [("reward/mean", "training reward (mean)"), ("rollout/em", "training EM (%)"), ("eval/em", "dev EM (%)"),
           ("rollout/searches", "searches per episode")]
 
@@ -67,6 +69,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kr1.cli_errors import run_cli
-
     run_cli(main)

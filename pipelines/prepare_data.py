@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Sequence
 
 from kr1.atomic_write import atomic_directory, write_json
-from kr1.data import DataError, QARecord, load_questions, validate_questions, write_questions_parquet
+from kr1.data import (
+    DataError,
+    QARecord,
+    load_questions,
+    validate_questions,
+    write_questions_parquet,
+)
+from kr1.errors import run_cli
 
 HUB_ID = "hzy/kr1_2wiki"
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "test": "test"}
@@ -56,7 +63,8 @@ def prepare(out: Path, hub_id: str | None = HUB_ID, files: dict[str, Path] | Non
             dev_size: int = 1000, seed: int = 0) -> dict[str, int]:
     """Validate all rows first, then write `out/{split}.parquet` and a manifest atomically."""
     files = {k: v for k, v in (files or {}).items() if v is not None}
-    splits = {split: load_questions(path) for split, path in files.items()} if files else load_hub_splits(hub_id or HUB_ID)
+    splits = ({split: load_questions(path) for split, path in files.items()} if files
+              else load_hub_splits(hub_id or HUB_ID))
     splits = carve_dev(splits, dev_size, seed)
     counts = {split: len(rows) for split, rows in splits.items()}
     with atomic_directory(out) as tmp:
@@ -82,6 +90,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kr1.cli_errors import run_cli
-
     run_cli(main)

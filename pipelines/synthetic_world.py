@@ -23,6 +23,7 @@ from typing import Any
 
 from kr1.atomic_write import atomic_directory, write_json, write_jsonl
 from kr1.data import Passage, QARecord
+from kr1.errors import run_cli
 
 ONSETS = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr",
           "kr", "th", "tr", "st", "sh", "vel", "mor", "cal", "dor", "fen", "jor", "quil"]
@@ -333,6 +334,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kr1.cli_errors import run_cli
-
     run_cli(main)

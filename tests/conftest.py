@@ -1,6 +1,9 @@
-"""Shared fixtures: one local Ray instance per session, and a small synthetic world with indexes.
+"""Shared fixtures, all of them here: one local Ray for the session, a small synthetic world with its
+indexes, a tiny warm-started model, a real rollout batch, and one short training run.
 
-Everything is built locally; HF_HUB_OFFLINE=1 makes any accidental download fail loudly.
+Everything is built locally; HF_HUB_OFFLINE=1 makes any accidental download fail loudly. The tiny
+model's warm start (minutes of single-threaded SFT) runs in a child process from the start of the
+session, and the tests that need no model run first, on the other core, while it trains.
 """
 
 from __future__ import annotations
@@ -11,10 +14,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import ray  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# the driver settings every run-level test shares (small batches, frequent checkpoints and evaluations)
+RUN_SETTINGS = {"retriever.num_cpus_per_shard": 0.5, "trainer.prompts_per_step": 3, "rollout.n_samples": 3,
+                "trainer.eval_every": 2, "trainer.eval_prompts": 6, "trainer.checkpoint_every": 2,
+                "learner.lr": 1e-3, "algorithm.kl_coef": 0.01, "reward.format_weight": 0.5,
+                "reward.f1_weight": 1.0}
+TINY_SFT_STEPS = 250
+# the trained run (and its resumed twin): separate reference workers, so that every role has actors
+TRAINED_RUN = {"trainer.total_steps": 3, "reference.placement": "separate", "reference.num_workers": 2}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need no model first, so they run while the tiny model's warm start trains."""
+    items.sort(key=lambda item: "tiny_model" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
@@ -52,17 +74,36 @@ def index_factory(ray_session, world_dir, tmp_path_factory):
     return make
 
 
-@pytest.fixture(scope="session")
-def tiny_model(world_dir, index_factory, tmp_path_factory) -> Path:
-    """A tiny Qwen2 with a locally trained tokenizer, warm-started briefly on the tag format."""
-    from pipelines.bootstrap_model import bootstrap
-
+@pytest.fixture(scope="session", autouse=True)
+def tiny_model_build(request, tmp_path_factory):
+    """`python -m pipelines.bootstrap_model` started at once in a child process (it trains on one thread),
+    when any collected test needs the tiny model."""
+    if not any("tiny_model" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    world, index = request.getfixturevalue("world_dir"), request.getfixturevalue("index_factory")(2)
     out = tmp_path_factory.mktemp("model") / "tiny"
-    bootstrap(world_dir, out, seed=0, size="tiny", index=index_factory(2), sft_steps=250, progress=False)
+    log = out.parent / "bootstrap.log"
+    with open(log, "w") as handle:
+        child = subprocess.Popen([sys.executable, "-m", "pipelines.bootstrap_model", "--world", str(world),
+                                  "--out", str(out), "--seed", "0", "--size", "tiny", "--index", str(index),
+                                  "--sft-steps", str(TINY_SFT_STEPS)],
+                                 cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    yield child, out, log
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_build) -> Path:
+    """A tiny Qwen2 with a locally trained tokenizer, warm-started on the tag format."""
+    child, out, log = tiny_model_build
+    assert child.wait() == 0, log.read_text()[-3000:]
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def questions(world_dir):
     """Six multi-hop and six single-hop dev questions."""
     from kr1.data import load_questions
@@ -70,10 +111,21 @@ def questions(world_dir):
     return load_questions(world_dir / "dev.jsonl")[:6] + load_questions(world_dir / "single_hop.jsonl")[:6]
 
 
+@pytest.fixture(scope="session")
+def retrieval_queries(world_dir) -> list[str]:
+    """Train questions, passage titles, and queries that exercise ties and empty results."""
+    from kr1.data import load_corpus, load_questions
+
+    problems = [q.problem for q in load_questions(world_dir / "train.jsonl")[:150]]
+    titles = [p.title for p in load_corpus(world_dir / "corpus.jsonl")[::7]]
+    # repeated terms, terms in every passage and terms in none
+    return problems + titles + ["born born born", "film", "zzzz qqqq", "the"]
+
+
 @pytest.fixture(scope="module")
 def generator(tiny_model):
-    """The tiny model behind the `hf` generator, in the test process."""
-    from kr1.generation import HFGenerator
+    """The tiny model behind the `hf` generator, in the test process (its sampling state is per module)."""
+    from kr1.rollout.generation import HFGenerator
 
     return HFGenerator(str(tiny_model), seed=0)
 
@@ -85,3 +137,134 @@ def retriever_pool(ray_session, index_factory):
     pool = RetrieverPool(index_factory(2), top_k=3, num_cpus_per_shard=0.5)
     yield pool
     pool.close()
+
+
+@pytest.fixture(scope="session")
+def rollout_batch(tiny_model, world_dir, index_factory):
+    """A real rollout batch (4 train questions x 3 samples) with fixed non-zero advantages and reference
+    log-probs that differ from the policy's."""
+    import numpy as np
+    import torch
+
+    from kr1.data import load_questions
+    from kr1.retrieval.scoring import search_index
+    from kr1.rollout.episodes import RolloutSettings, new_episodes, run_episodes
+    from kr1.rollout.generation import HFGenerator
+    from kr1.training.batch import TrainBatch
+    from kr1.training.policy_update import batch_logprobs
+
+    generator = HFGenerator(str(tiny_model), seed=0)
+    episodes = new_episodes(load_questions(world_dir / "train.jsonl")[:4], generator.tokenizer, 3, "compact")
+    run_episodes(episodes, generator.generate, lambda queries: search_index(index_factory(2), queries, 3),
+                 generator.tokenizer, RolloutSettings())
+    batch = TrainBatch.from_episodes(episodes, generator.tokenizer.pad_token_id)
+    rng = np.random.default_rng(0)
+    ref = batch_logprobs(generator.model, batch, [np.arange(len(batch))], torch.device("cpu"))
+    ref = ref + rng.normal(0, 0.05, ref.shape).astype(np.float32) * batch.attention_mask
+    return batch.with_fields(advantages=rng.normal(size=len(batch)).astype(np.float32), ref_logprobs=ref,
+                             rewards=np.zeros(len(batch), np.float32))
+
+
+@pytest.fixture(scope="session")
+def untrained_model(world_dir, tmp_path_factory) -> Path:
+    """The tiny model's tokenizer and architecture, randomly initialised (no warm start): for tests of
+    orchestration, where what the model says does not matter, so they run while `tiny_model` trains."""
+    from pipelines.bootstrap_model import bootstrap
+
+    out = tmp_path_factory.mktemp("untrained") / "tiny"
+    return bootstrap(world_dir, out, seed=0, size="tiny", sft_steps=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def run_overrides(world_dir, index_factory):
+    """`key=value` overrides of the default config for a small driver run of `model` writing to `out`."""
+
+    def make(out: Path, model: Path, **extra) -> list[str]:
+        items = {"data.train_path": world_dir / "train.jsonl", "data.dev_path": world_dir / "dev.jsonl",
+                 "data.test_path": world_dir / "test.jsonl", "retriever.index_dir": index_factory(2),
+                 "model.path": model, "trainer.output_dir": out, **RUN_SETTINGS, **extra}
+        return [f"{k}={v}" for k, v in items.items()]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run_overrides(run_overrides, tiny_model):
+    """The trained run's overrides for another output directory (a resumed twin)."""
+    return lambda out, **extra: run_overrides(out, tiny_model, **{**TRAINED_RUN, **extra})
+
+
+@dataclass
+class TrainedRun:
+    out: Path  # its trainer.output_dir
+    history: list[dict]  # each step's metrics
+    actor_names: dict[str, list[str]]  # role -> the names its pool gave its actors
+    alive: set[str]  # the named actors Ray listed while the run's pools were up
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_session, trained_run_overrides, tmp_path_factory) -> TrainedRun:
+    """Three real driver steps with two learner ranks and two separate reference workers: checkpoints at
+    steps 2 and 3 (the last), dev evaluations at 0, 2 and 3, and the names every actor had."""
+    from kr1.config import load_config
+    from kr1.run.loop import run_steps
+    from kr1.run.training_run import TrainingRun
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run = TrainingRun(load_config("default", trained_run_overrides(out)), quiet=True)
+    try:
+        history = run_steps(run, quiet=True)
+        names = {"retriever-shard": run.retriever.names, "rollout-engine": run.engines.names,
+                 "learner-rank": run.learners.names, "reference-worker": run.reference.names}
+        alive = set(ray.util.list_named_actors())
+    finally:
+        run.close()
+    return TrainedRun(out, history, names, alive)
+
+
+class ActorProcess:
+    """The process behind an actor handle, for tests that kill actors and wait for their restart."""
+
+    @staticmethod
+    def pid(actor) -> int:
+        """The actor's pid (waits for a restarting actor to come back)."""
+        return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+    @staticmethod
+    def restarted(actor, pid: int, timeout_s: float = 120.0) -> int:
+        """The actor's new pid once it has restarted (a kill lands asynchronously: calls made right
+        after `ray.kill` may still reach the old process)."""
+        deadline = time.monotonic() + timeout_s
+        while (new := ActorProcess.pid(actor)) == pid:
+            assert time.monotonic() < deadline, "the killed actor did not restart"
+            time.sleep(0.1)
+        return new
+
+
+@pytest.fixture(scope="session")
+def actor_process() -> type[ActorProcess]:
+    return ActorProcess
+
+
+def episode_trace(episodes) -> list[tuple]:
+    """What an episode did, for comparing runs: tokens, mask, actions, queries, passages read, answer."""
+    return [(e.response_ids, e.loss_mask, e.actions, e.queries, e.retrieved_ids, e.answer) for e in episodes]
+
+
+@pytest.fixture(scope="session")
+def greedy_trace():
+    """Play questions greedily in this process through `search` (3 turns), and trace the episodes."""
+    from kr1.rollout.episodes import RolloutSettings, new_episodes, run_episodes
+
+    def play(generator, questions, search) -> list[tuple]:
+        episodes = new_episodes(questions, generator.tokenizer, 1, template="compact")
+        run_episodes(episodes, generator.generate, search, generator.tokenizer,
+                     RolloutSettings(max_turns=3, temperature=0.0))
+        return episode_trace(episodes)
+
+    return play
+
+
+@pytest.fixture(scope="session")
+def trace():
+    return episode_trace

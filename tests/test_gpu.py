@@ -18,17 +18,16 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.
                                 reason="needs a CUDA GPU and vllm")
 
 
-def _sync_check(cfg, tiny_model, batch_source, retriever_pool):
+def _sync_check(cfg, tiny_model, batch, retriever_pool):
     from actors.learner import LearnerGroup
-    from actors.placement import Placement
     from actors.rollout_engine import RolloutEnginePool
-    from actors.weight_sync import make_weight_sync
+    from kr1.run.placement import Placement
+    from kr1.run.weight_sync import make_weight_sync
 
     placement = Placement(cfg)
     group = LearnerGroup(cfg, str(tiny_model), placement)
     engines = RolloutEnginePool(cfg, str(tiny_model), retriever_pool, placement)
     try:
-        batch = batch_source
         engines.sleep()
         group.update(batch)
         make_weight_sync(cfg.learner.weight_sync).sync(group, engines)
@@ -44,30 +43,15 @@ def _sync_check(cfg, tiny_model, batch_source, retriever_pool):
 
 @gpu
 @needs_cuda
-def test_cuda_ipc_sync_into_a_colocated_sleeping_engine(ray_session, tiny_model, retriever_pool):
+def test_cuda_ipc_sync_into_a_colocated_sleeping_engine(ray_session, tiny_model, retriever_pool, rollout_batch):
     cfg = load_config("default", ["cluster.gpus_per_node=1", "cluster.colocate=true", "rollout.backend=vllm",
                                   "learner.weight_sync=cuda_ipc", "learner.lr=1e-2", "model.dtype=float32"])
-    _sync_check(cfg, tiny_model, _rollout_batch(tiny_model, retriever_pool), retriever_pool)
+    _sync_check(cfg, tiny_model, rollout_batch, retriever_pool)
 
 
 @gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (separate learner and engine pools)")
-def test_nccl_sync_between_separate_pools(ray_session, tiny_model, retriever_pool):
+def test_nccl_sync_between_separate_pools(ray_session, tiny_model, retriever_pool, rollout_batch):
     cfg = load_config("default", ["cluster.gpus_per_node=2", "rollout.backend=vllm", "learner.weight_sync=nccl",
                                   "learner.lr=1e-2", "model.dtype=float32"])
-    _sync_check(cfg, tiny_model, _rollout_batch(tiny_model, retriever_pool), retriever_pool)
-
-
-def _rollout_batch(tiny_model, retriever_pool):
-    from kr1.batch import TrainBatch
-    from kr1.generation import HFGenerator
-    from kr1.rollout import RolloutSettings, new_episodes, run_episodes
-    from kr1.data import QARecord
-
-    generator = HFGenerator(str(tiny_model), seed=0)
-    questions = [QARecord(f"q{i}", f"Who directed film number {i}?", ["x"]) for i in range(4)]
-    episodes = new_episodes(questions, generator.tokenizer, 2, "compact")
-    run_episodes(episodes, generator.generate, retriever_pool.search, generator.tokenizer, RolloutSettings())
-    batch = TrainBatch.from_episodes(episodes, generator.tokenizer.pad_token_id)
-    return batch.with_fields(advantages=np.random.default_rng(0).normal(size=len(batch)).astype(np.float32),
-                             rewards=np.zeros(len(batch), np.float32))
+    _sync_check(cfg, tiny_model, rollout_batch, retriever_pool)

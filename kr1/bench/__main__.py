@@ -1,0 +1,60 @@
+"""Speed and memory of kr1 beside simple baselines, in one run, as one markdown table.
+
+    python -m kr1.bench                                  # full size (the goals below), ~2 min on 2 cores
+    python -m kr1.bench --size tiny --only retrieval memory --out bench.md
+
+| benchmark | kr1 | baseline | goal |
+|---|---|---|---|
+| rollout | one batched multi-turn rollout | the same episodes one at a time | >= 10x tokens/s at batch 64 |
+| retrieval | Ray retriever pool, 1/2/4 shards | bm25s in-process; rank_bm25 | >= 0.8x bm25s; > 100x rank_bm25 |
+| memory | token-budget micro-batches | fixed rows per micro-batch | peak within 1.25x from 1x to 8x length |
+| step | share of a driver step per phase | - | weight sync < 5% of the step |
+| overlap | reward beside the reference | reward, then reference | - |
+
+It starts a local Ray (or joins RAY_ADDRESS) and uses the embedded default's world,
+index and tiny model (`~/.cache/kr1`, built on first use) unless --world/--index/--model
+name others. Full-size retrieval runs on a ~115k-passage synthetic corpus built once
+under --cache-dir. `step` and `overlap` come from one measurement. Progress goes to
+stderr; the table to stdout (and --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from kr1.bench.suite import BENCHMARKS, SIZES, run_benchmarks
+from kr1.bench.table import Row, markdown_table
+from kr1.errors import run_cli
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="tiny: a quick smoke run")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
+                        help=f"run only these ({', '.join(BENCHMARKS)})")
+    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.add_argument("--world", type=Path, help="question files (train/dev/test.jsonl) instead of the default's")
+    parser.add_argument("--index", type=Path, help="index of the world (retriever.num_shards shards)")
+    parser.add_argument("--model", type=Path, help="model directory instead of the default tiny model")
+    parser.add_argument("--corpus", type=Path, help="retrieval benchmark corpus (default: see --size)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/kr1/bench"),
+                        help="where the large corpus and the retrieval indexes are built once")
+    args = parser.parse_args(argv)
+    only = [b for b in BENCHMARKS if b in args.only]
+    start = time.perf_counter()
+    rows = run_benchmarks(args.size, only, args.world, args.index, args.model, args.corpus, args.cache_dir)
+    table = markdown_table(rows)
+    footer = (f"\n\n`python -m kr1.bench --size {args.size}`, {time.strftime('%Y-%m-%d')}, "
+              f"{os.cpu_count()} CPU cores, {time.perf_counter() - start:.0f} s wall")
+    print(table + footer)
+    if args.out:
+        args.out.write_text(table + footer + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,100 @@
+"""Which benchmarks run at which size, and the run that collects their rows (behind `python -m kr1.bench`).
+
+    rows = run_benchmarks("tiny", ["retrieval", "memory"])   # list[Row]; markdown_table(rows) prints them
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from kr1.bench.table import Row
+from kr1.cluster import ensure_ray
+from kr1.config import load_config
+from kr1.data import load_questions
+from kr1.run.assets import resolve_assets, synthetic_world
+
+BENCHMARKS = ("rollout", "retrieval", "memory", "step", "overlap")
+LARGE_PEOPLE = 60000  # people in the full-size retrieval corpus: ~115k passages
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    rollout_batch: int  # episodes per batched rollout (one question each, greedy)
+    queries: int  # retrieval queries (train-split questions)
+    rank_bm25_queries: int  # the subset rank_bm25 is timed on
+    repeats: int  # timed repeats (best for retrieval, median for overlap)
+    memory_rows: int
+    memory_prompt: int
+    memory_response: int  # 1x response length; also run at 4x and 8x
+    memory_budget: int | None  # token budget; None: the config's learner.token_budget
+    steps: int  # driver steps of the step breakdown
+    config_overrides: tuple[str, ...]  # dotted overrides of the default config, for every benchmark
+    large_corpus: bool  # retrieval on the ~115k-passage corpus (else the world's own corpus)
+
+
+SIZES = {
+    "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, 3, (), True),
+    "tiny": BenchSize(8, 200, 5, 1, 32, 16, 16, 1024, 2,
+                      ("trainer.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_turns=2"), False),
+}
+
+
+def _path_overrides(world: Path | None, index: Path | None, model: Path | None) -> list[str]:
+    items = {f"data.{s}_path": world / f"{s}.jsonl" for s in ("train", "dev", "test")} if world else {}
+    if index:
+        items["retriever.index_dir"] = index
+    if model:
+        items["model.path"] = model
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, index: Path | None = None,
+                   model: Path | None = None, corpus: Path | None = None,
+                   cache_dir: Path = Path("~/.cache/kr1/bench")) -> list[Row]:
+    """Every selected benchmark's rows, in BENCHMARKS order."""
+    s, cache_dir = SIZES[size], cache_dir.expanduser()
+    overrides = _path_overrides(world, index, model) + list(s.config_overrides)
+    cfg = load_config("default", overrides)
+    ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
+    assets = resolve_assets(cfg, progress=False)
+    rows: list[Row] = []
+    with tqdm(total=len(only), desc="kr1.bench", unit="bench", file=sys.stderr) as bar:
+        def progress(text: str) -> None:
+            bar.set_description(text)
+
+        if "rollout" in only:
+            from kr1.bench.training import rollout_rows
+
+            questions = load_questions(assets.split_path("train"))[:s.rollout_batch]
+            rows += rollout_rows(cfg, assets.model_path, assets.index_dir, questions, progress)
+            bar.update()
+        if "retrieval" in only:
+            from kr1.bench.retrieval import retrieval_rows
+
+            if corpus is None:
+                world_dir = (synthetic_world(cache_dir, 0, LARGE_PEOPLE) if s.large_corpus
+                             else assets.split_path("train").parent)
+                corpus = world_dir / "corpus.jsonl"
+            split = corpus.parent / "train.jsonl"
+            queries = [q.problem for q in load_questions(split if split.is_file() else assets.split_path("train"))]
+            rows += retrieval_rows(corpus, queries[:s.queries], cache_dir, s.rank_bm25_queries, s.repeats, progress)
+            bar.update()
+        if "memory" in only:
+            from kr1.bench.memory import memory_rows
+
+            budget = s.memory_budget or cfg.learner.token_budget
+            rows += memory_rows(assets.model_path, s.memory_rows, s.memory_prompt, s.memory_response, budget,
+                                progress)
+            bar.update()
+        if "step" in only or "overlap" in only:
+            from kr1.bench.training import overlap_rows, phase_times, step_rows
+
+            times = phase_times(overrides, s.steps, s.repeats + 2, progress)
+            rows += (step_rows(times) if "step" in only else []) + (overlap_rows(times) if "overlap" in only else [])
+            bar.update(("step" in only) + ("overlap" in only))
+    return rows

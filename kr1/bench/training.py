@@ -1,0 +1,155 @@
+"""Training-loop benchmarks: batched rollout, where a step's time goes, and what overlap buys.
+
+    rows = rollout_rows(cfg, model_path, index_dir, questions)     # batched vs one episode at a time
+    times = phase_times(overrides, steps=3, repeats=5)               # driver steps, then one run's phases
+    rows = step_rows(times) + overlap_rows(times)
+
+Part of `python -m kr1.bench`. The step breakdown reads the `time/*` metrics of real
+`kr1.run.loop` steps. Retrieval inside the rollout, and reward and reference apart (they
+overlap in the step), are timed on the same prompts right after those steps, in the same
+`TrainingRun`; the rows that use them say "derived".
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ray
+import torch
+
+from kr1.bench.table import Row, met
+from kr1.config import Config, load_config
+from kr1.data import QARecord
+from kr1.rollout.episodes import RolloutSettings, new_episodes, run_episodes
+from kr1.rollout.generation import HFGenerator
+from kr1.run.loop import run_steps
+from kr1.run.pools import start_retriever
+from kr1.run.training_run import TrainingRun
+from kr1.training.batch import TrainBatch
+
+Progress = Callable[[str], None]
+
+
+def rollout_rows(cfg: Config, model_path: str, index_dir: Path, questions: Sequence[QARecord],
+                 progress: Progress = lambda s: None) -> list[Row]:
+    """Generated tokens/s of all episodes in one batched rollout vs the same episodes one at a time."""
+    pool = start_retriever(cfg.retriever, index_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a rollout engine actor: Ray sets OMP_NUM_THREADS to its one CPU
+    try:
+        generator = HFGenerator(model_path, seed=cfg.trainer.seed)
+        settings = RolloutSettings.from_config(cfg, greedy=True)  # greedy: both ways do the same work
+
+        def play(batch: Sequence[QARecord]) -> list[Any]:
+            episodes = new_episodes(batch, generator.tokenizer, 1, cfg.rollout.prompt_template)
+            return run_episodes(episodes, generator.generate, pool.search, generator.tokenizer, settings)
+
+        play(questions[:2])  # warm-up
+        progress(f"rollout: batch of {len(questions)}")
+        start = time.perf_counter()
+        batched = play(questions)
+        batched_s = time.perf_counter() - start
+        progress(f"rollout: {len(questions)} one at a time")
+        start = time.perf_counter()
+        single = [e for q in questions for e in play([q])]
+        single_s = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+        pool.close()
+    tokens_b, tokens_s = (sum(e.generated_tokens for e in eps) for eps in (batched, single))
+    rate_b, rate_s = tokens_b / batched_s, tokens_s / single_s
+    same = sum(a.response_ids == b.response_ids for a, b in zip(batched, single))
+    n = len(questions)
+    return [Row("rollout batching", f"batch {n} vs 1 at a time (hf, greedy, {cfg.rollout.max_turns} turns)",
+                f"{rate_b:,.0f} tok/s", f"{rate_s:,.0f} tok/s", rate_b / rate_s, ">= 10x at batch 64",
+                met(rate_b / rate_s >= 10) if n == 64 else "-",
+                f"generated tokens {tokens_b:,} vs {tokens_s:,} ({same}/{n} episodes identical); "
+                f"{batched_s:.1f}s vs {single_s:.1f}s; 1 torch thread, as an engine actor; retrieval pool included")]
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def phase_times(overrides: Sequence[str], steps: int, repeats: int,
+                progress: Progress = lambda s: None) -> dict[str, float]:
+    """Seconds per phase: `steps` driver steps of the default config with `overrides` (the mean of
+    those after the first), then, in the same run, the same prompts again, timing retrieval, reward
+    and reference apart, and the reward beside the reference vs one after the other."""
+    with tempfile.TemporaryDirectory(prefix="kr1-bench-") as tmp:
+        progress(f"step: {steps} driver steps")
+        overrides = [*overrides, f"trainer.total_steps={steps}", "trainer.eval_every=0", "trainer.checkpoint_every=0",
+                     f"trainer.output_dir={tmp}"]
+        run = TrainingRun(load_config("default", overrides), quiet=True)
+        try:
+            history = run_steps(run, quiet=True)
+            kept = history[1:] or history  # the first step also pays warm-ups
+            times = {k: statistics.mean(h.get(k, 0.0) for h in kept)
+                     for k in ("time/step", "time/rollout", "time/score_and_ref", "time/update", "time/sync_weights")}
+            progress("overlap: phases of the same prompts, timed apart")
+            rollouts, retrieval = [], []
+            for step in range(steps):
+                seconds, episodes = _timed(lambda: run.rollout(step))
+                rollouts.append(seconds)
+                retrieval.append(sum(e.search_seconds for e in episodes))
+            batch = TrainBatch.from_episodes(episodes, run.pad_id)
+
+            def overlapped_pass() -> Any:  # as the driver does it
+                pending = run.score(episodes)
+                run.ref_logprobs(batch)
+                return ray.get(pending)
+
+            overlapped_pass()  # warm-up
+            serial, overlapped, reward, reference = [], [], [], []
+            for _ in range(repeats):
+                reward.append(_timed(lambda: ray.get(run.score(episodes)))[0])
+                reference.append(_timed(lambda: run.ref_logprobs(batch))[0])
+                serial.append(reward[-1] + reference[-1])
+                overlapped.append(_timed(overlapped_pass)[0])
+        finally:
+            run.close()
+    use = slice(1, None) if steps > 1 else slice(None)
+    times.update({"retrieval": statistics.mean(retrieval[use]), "replay_rollout": statistics.mean(rollouts[use]),
+                  "reward": statistics.median(reward), "reference": statistics.median(reference),
+                  "serial": statistics.median(serial), "overlapped": statistics.median(overlapped),
+                  "episodes": len(episodes), "steps_kept": len(kept)})
+    return times
+
+
+def step_rows(t: dict[str, float]) -> list[Row]:
+    step = t["time/step"]
+    base = f"step {step:.2f} s"
+    measured = f"measured: time/* of kr1.run.loop steps, mean of {t['steps_kept']:.0f} step(s) after the first"
+    derived = "derived: the same prompts timed apart after those steps, in the same run"
+    other = step - sum(t[k] for k in ("time/rollout", "time/score_and_ref", "time/update", "time/sync_weights"))
+    rows = [("rollout (generation + retrieval)", t["time/rollout"], measured),
+            ("retrieval, inside the rollout", t["retrieval"],
+             f"{derived}; Episode.search_seconds, {t['retrieval'] / t['replay_rollout']:.0%} of that run's rollout"),
+            ("reward ‖ reference (score_and_ref)", t["time/score_and_ref"], measured),
+            ("reward alone", t["reward"], derived),
+            ("reference alone", t["reference"], derived),
+            ("update", t["time/update"], measured)]
+    out = [Row("step breakdown", name, f"{s:.3f} s", base, s / step, notes=note) for name, s, note in rows]
+    sync = t["time/sync_weights"]
+    out.append(Row("step breakdown", "weight sync (object store)", f"{sync:.3f} s", base, sync / step, "< 5% of step",
+                   met(sync / step < 0.05), measured))
+    out.append(Row("step breakdown", "other (evaluate, checkpoint)", f"{other:.3f} s", base, other / step,
+                   notes=measured))
+    return out
+
+
+def overlap_rows(t: dict[str, float]) -> list[Row]:
+    return [Row("overlap", "reward ‖ reference vs reward then reference", f"{t['overlapped']:.3f} s",
+                f"{t['serial']:.3f} s", t["serial"] / t["overlapped"], notes=(
+                    f"ratio = serial / overlapped; {t['episodes']:.0f} episodes; reward alone {t['reward']:.3f} s, "
+                    f"reference alone {t['reference']:.3f} s (medians)")),
+            Row("overlap", "retrieval ‖ generation inside the rollout", "not overlapped", "-", 1.0, notes=(
+                "run_episodes waits for each turn's search; only separate engines (rollout.num_engines > 1) "
+                f"overlap one's search with another's generation, the default runs 1; retrieval is "
+                f"{t['retrieval'] / t['replay_rollout']:.0%} of the rollout, the most overlap could save"))]

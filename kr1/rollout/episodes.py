@@ -1,0 +1,148 @@
+"""The batched multi-turn rollout: generate, parse, search, append, repeat.
+
+    episodes = new_episodes(questions, tokenizer, n_samples=4)
+    run_episodes(episodes, generator.generate, pool.search, tokenizer, RolloutSettings.from_config(cfg))
+
+Each turn, every live episode generates together in one call; each segment stops at
+`</search>` or `</answer>`. All of the turn's queries go to the retriever in one batch,
+and the passages are appended as `<information>` with loss mask 0, so only tokens the
+model generated are ever trained on. Episodes that answer leave the batch; `max_turns`
+and the token budget end the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from kr1.config import Config
+from kr1.data import QARecord
+from kr1.retrieval.hits import Hit
+from kr1.rollout.protocol import (
+    INVALID_FEEDBACK,
+    format_information,
+    parse_action,
+    prompt_token_ids,
+)
+
+GenerateFn = Callable[[Sequence[Sequence[int]], Sequence[int], float, float], list[list[int]]]
+SearchFn = Callable[[Sequence[str]], list[list[Hit]]]
+
+
+@dataclass
+class Episode:
+    """One question answered by one sample of the policy, turn by turn."""
+
+    question_id: str
+    sample: int
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)  # everything after the prompt
+    loss_mask: list[int] = field(default_factory=list)  # per response token: 1 generated, 0 appended by kr1
+    actions: list[str] = field(default_factory=list)  # per turn: search | answer | invalid
+    queries: list[str] = field(default_factory=list)
+    retrieved_ids: list[list[str]] = field(default_factory=list)  # per query, the passage ids read
+    answer: str | None = None
+    finish: str = ""  # answer | max_turns | max_tokens
+    response_text: str = ""  # the response decoded, for people to read
+    # wall seconds of the batched searches this episode waited on, split evenly among their episodes,
+    # so the sum over a batch is the rollout's retrieval time (a timing, left out of comparisons)
+    search_seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
+
+    @property
+    def turns(self) -> int:
+        return len(self.actions)
+
+    @property
+    def num_searches(self) -> int:
+        return self.actions.count("search")
+
+    @property
+    def num_invalid(self) -> int:
+        return self.actions.count("invalid")
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+    def append(self, ids: Sequence[int], generated: bool) -> None:
+        self.response_ids.extend(ids)
+        self.loss_mask.extend([int(generated)] * len(ids))
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    max_turns: int = 4
+    max_new_tokens_per_turn: int = 96
+    max_total_tokens: int = 1024
+    max_passage_chars: int = 600
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: Config, greedy: bool = False) -> "RolloutSettings":
+        r = cfg.rollout
+        return cls(r.max_turns, r.max_new_tokens_per_turn, r.max_total_tokens, cfg.retriever.max_passage_chars,
+                   0.0 if greedy else r.temperature, r.top_p)
+
+
+def new_episodes(questions: Sequence[QARecord], tokenizer: Any, n_samples: int,
+                 template: str = "search_r1") -> list[Episode]:
+    """`n_samples` episodes per question, grouped by question (the GRPO group layout)."""
+    episodes = []
+    for q in questions:
+        prompt = prompt_token_ids(tokenizer, q.problem, template)
+        episodes.extend(Episode(q.id, s, list(prompt)) for s in range(n_samples))
+    return episodes
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def run_episodes(episodes: list[Episode], generate: GenerateFn, search: SearchFn, tokenizer: Any,
+                 settings: RolloutSettings) -> list[Episode]:
+    """Play every episode to its end, all live ones together each turn; returns `episodes`."""
+    feedback = _encode(tokenizer, INVALID_FEEDBACK)
+    for turn in range(settings.max_turns):
+        for episode in episodes:
+            if not episode.finish and episode.length >= settings.max_total_tokens:
+                episode.finish = "max_tokens"
+        live = [e for e in episodes if not e.finish]
+        if not live:
+            break
+        last_turn = turn == settings.max_turns - 1
+        budgets = [min(settings.max_new_tokens_per_turn, settings.max_total_tokens - e.length) for e in live]
+        outputs = generate([e.prompt_ids + e.response_ids for e in live], budgets, settings.temperature,
+                           settings.top_p)
+        searching: list[tuple[Episode, str]] = []
+        for episode, ids in zip(live, outputs):
+            episode.append(ids, generated=True)
+            action = parse_action(tokenizer.decode(ids, skip_special_tokens=False))
+            episode.actions.append(action.kind)
+            if action.kind == "answer":
+                episode.answer, episode.finish = action.content, "answer"
+            elif action.kind == "search":
+                episode.queries.append(action.content)
+                if not last_turn:
+                    searching.append((episode, action.content))
+            elif not last_turn:
+                episode.append(feedback[:settings.max_total_tokens - episode.length], generated=False)
+        if searching:
+            start = time.perf_counter()
+            results = search([query for _, query in searching])
+            share = (time.perf_counter() - start) / len(searching)
+            for (episode, _), hits in zip(searching, results):
+                episode.search_seconds += share
+                episode.retrieved_ids.append([h.id for h in hits])
+                info = format_information([(h.title, h.text) for h in hits], settings.max_passage_chars)
+                episode.append(_encode(tokenizer, info)[:settings.max_total_tokens - episode.length], generated=False)
+    for episode in episodes:
+        if not episode.finish:
+            episode.finish = "max_tokens" if episode.length >= settings.max_total_tokens else "max_turns"
+        episode.response_text = tokenizer.decode(episode.response_ids, skip_special_tokens=False)
+    return episodes

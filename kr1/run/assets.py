@@ -1,0 +1,133 @@
+"""Find, or build when missing, what a run reads: question files, the BM25 index, the model.
+
+    assets = resolve_assets(cfg)     # builds the synthetic world, index and tiny model on first use
+    assets.split_path("dev"), assets.index_dir, assets.model_path
+
+For `data.name=synthetic` everything is derived from the config and cached under
+`data.cache_dir`, keyed by the settings that shape it, so reruns reuse it. For
+`data.name=2wiki` the paths come from the config and must exist (or the index is
+built from `retriever.corpus_path`).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kr1.config import Config, ConfigError, expand_path
+from kr1.data import DataError
+from kr1.retrieval.index import BM25IndexError, IndexManifest, check_index
+from pipelines.build_index import build_index
+from pipelines.synthetic_world import WORLD_VERSION, generate
+
+MANIFEST = "manifest.json"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)  # stdout stays for results (tables, JSON)
+
+
+@dataclass
+class Assets:
+    question_paths: dict[str, Path]  # split -> question file
+    index_dir: Path
+    model_path: str
+
+    def split_path(self, split: str) -> Path:
+        if split not in self.question_paths:
+            raise ConfigError(f"no question file for split {split!r}; set data.{split}_path")
+        return self.question_paths[split]
+
+
+def synthetic_world(cache_dir: str | Path, seed: int, people: int, progress: bool = False) -> Path:
+    """The synthetic world of `people` people under `cache_dir`, generated on first use."""
+    world = Path(cache_dir) / f"world{WORLD_VERSION}-seed{seed}-people{people}"
+    if not (world / MANIFEST).is_file():
+        if progress:
+            _note(f"building the synthetic world in {world}")
+        generate(world, seed, people)
+    return world
+
+
+def index_of_corpus(corpus: str | Path, out: str | Path, num_shards: int) -> Path:
+    """kr1's index of `corpus` in `num_shards` shards at `out`, rebuilt only when the one there is of
+    another corpus (or missing)."""
+    out = Path(out)
+    try:
+        fresh = IndexManifest.load(out).corpus == str(Path(corpus).resolve())
+    except BM25IndexError:
+        fresh = False
+    if not fresh:
+        build_index(corpus, out, num_shards, progress=False)
+    return out
+
+
+def _index(cfg: Config, corpus: Path | None, default_dir: Path | None, progress: bool) -> Path:
+    if cfg.retriever.index_dir:
+        index = expand_path(cfg.retriever.index_dir)
+    elif default_dir is not None:
+        index = default_dir
+    else:
+        raise ConfigError("retriever.index_dir is not set (build one with python -m pipelines.build_index)")
+    if not (index / MANIFEST).is_file():
+        if corpus is None:
+            raise ConfigError(f"retriever.index_dir {index} holds no index and retriever.corpus_path is not set")
+        if progress:
+            _note(f"building the BM25 index ({cfg.retriever.num_shards} shards) in {index}")
+        build_index(corpus, index, cfg.retriever.num_shards, cfg.retriever.k1, cfg.retriever.b, progress=progress)
+    return index
+
+
+def _bootstrapped_model(cfg: Config, world: Path, index: Path, progress: bool) -> str:
+    # imported on first use: it brings torch, transformers and numba into the process
+    from pipelines.bootstrap_model import BOOTSTRAP_VERSION, bootstrap
+
+    m = cfg.model
+    out = world.parent / (f"{world.name}-model{BOOTSTRAP_VERSION}-{m.bootstrap_size}-sft{m.bootstrap_sft_steps}"
+                          f"-seed{cfg.trainer.seed}")
+    if not (out / "config.json").is_file():
+        if progress:
+            _note(f"bootstrapping the {m.bootstrap_size} model in {out}")
+        bootstrap(world, out, cfg.trainer.seed, m.bootstrap_size, index=index, sft_steps=m.bootstrap_sft_steps,
+                  progress=progress)
+    return str(out)
+
+
+def resolve_assets(cfg: Config, progress: bool = True) -> Assets:
+    """Paths of every input of a run, building the embedded default's on first use."""
+    d = cfg.data
+    explicit = {s: getattr(d, f"{s}_path") for s in ("train", "dev", "test")}
+    if d.name == "synthetic":
+        world = synthetic_world(expand_path(d.cache_dir), d.synthetic_seed, d.synthetic_people, progress)
+        paths = {s: expand_path(p) if p else world / f"{s}.jsonl" for s, p in explicit.items()}
+        corpus = expand_path(cfg.retriever.corpus_path) if cfg.retriever.corpus_path else world / "corpus.jsonl"
+        default_index = world.parent / f"{world.name}-index{cfg.retriever.num_shards}"
+        index = _index(cfg, corpus, default_index, progress)
+        model = cfg.model.path or _bootstrapped_model(cfg, world, index, progress)
+    else:
+        paths = {s: expand_path(p) for s, p in explicit.items() if p}
+        corpus = expand_path(cfg.retriever.corpus_path) if cfg.retriever.corpus_path else None
+        index = _index(cfg, corpus, None, progress)
+        if not cfg.model.path:
+            raise ConfigError("model.path is not set (a hub id such as Qwen/Qwen2.5-1.5B-Instruct, or a directory)")
+        model = cfg.model.path
+    for split, path in paths.items():
+        if not path.is_file():
+            raise DataError(f"{path}: question file for split {split!r} not found")
+    check_index(index, cfg.retriever.num_shards)  # a mismatched index fails here, before any actor starts
+    if cfg.model.path:
+        model = _model_path(cfg.model.path)
+    return Assets(paths, index, model)
+
+
+def _model_path(path: str) -> str:
+    """A local model directory (checked now, not inside an actor later) or a hub id."""
+    local = expand_path(path)
+    if local.exists():
+        return str(local)
+    if HUB_ID.fullmatch(path):
+        return path
+    raise ConfigError(f"model.path {path} does not exist (and is not a hub id like Qwen/Qwen2.5-1.5B-Instruct)")

@@ -1,0 +1,53 @@
+"""The training loop: one screen, each step a named call on a `TrainingRun`.
+
+    history = train(load_config("default", ["trainer.total_steps=3"]))   # what `python -m kr1.driver` runs
+
+Each step: rollout -> reward and reference log-probs (in parallel) -> advantages ->
+update -> weight sync -> (evaluate) -> log -> checkpoint. The starting policy is evaluated
+on the dev split first, and the end prints its table beside the trained policy's. What
+each step does, and how the pools start and resume, is in kr1/run/training_run.py.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from kr1.config import Config
+from kr1.run.run_logger import PhaseTimer
+from kr1.run.training_run import TrainingRun
+from kr1.training.batch import TrainBatch
+
+
+def train(cfg: Config, quiet: bool = False) -> list[dict[str, float]]:
+    """Run `trainer.total_steps` steps (from the checkpoint when resuming); returns each step's metrics."""
+    run = TrainingRun(cfg, quiet=quiet)
+    try:
+        return run_steps(run, quiet)
+    finally:
+        run.close()
+
+
+def run_steps(run: TrainingRun, quiet: bool = False) -> list[dict[str, float]]:
+    """The loop over a started run's pools (left running, for callers that measure them afterwards)."""
+    timer, history = PhaseTimer(), []
+    before = run.evaluate_start()
+    for step in range(run.start_step, run.cfg.trainer.total_steps):
+        with timer("rollout"):
+            episodes = run.rollout(step)
+        with timer("score_and_ref"):
+            pending_scores = run.score(episodes)  # the reward actor works while the reference runs
+            batch = run.ref_logprobs(TrainBatch.from_episodes(episodes, run.pad_id))
+            scores = ray.get(pending_scores)
+        batch = run.advantages(batch, scores)
+        with timer("update"):
+            train_metrics = run.update(batch)
+        with timer("sync_weights"):
+            run.sync_weights()
+        with timer("evaluate"):
+            eval_metrics = run.evaluate(step)
+        history.append(run.log(step, episodes, batch, scores, train_metrics, eval_metrics, timer.pop()))
+        with timer("checkpoint"):  # its time shows in the next step's time/checkpoint
+            run.checkpoint(step)
+    if not quiet:
+        run.report(before, {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("eval/")})
+    return history

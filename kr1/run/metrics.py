@@ -1,0 +1,54 @@
+"""Episode metrics shared by evaluation and training logs, and their console table.
+
+    metrics = episode_metrics(episodes, scores)
+    print(metrics_table({"warm start": before, "trained": after}))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from kr1.rollout.rewards import EpisodeScores
+
+# metric key -> column heading, in table order
+TABLE_COLUMNS = {
+    "em": "EM", "f1": "F1", "turns": "turns", "searches": "searches", "response_tokens": "resp. tokens",
+    "invalid_rate": "invalid %", "answered": "answered %",
+}
+# per question type, when the questions carry one (multi-hop EM by 2WikiMultihopQA type)
+TYPE_COLUMNS = {"em_compositional": "EM comp.", "em_inference": "EM infer.", "em_comparison": "EM compar.",
+                "em_bridge_comparison": "EM bridge"}
+
+
+def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str, float]:
+    """Means over episodes; EM/F1 in percent, invalid rate per action, tokens the model generated."""
+    if not episodes:
+        return {}
+    actions = sum(e.turns for e in episodes)
+    generated = np.array([e.generated_tokens for e in episodes], dtype=np.float64)
+    return {
+        "em": 100.0 * float(scores.em.mean()),
+        "f1": 100.0 * float(scores.f1.mean()),
+        "reward_mean": float(scores.rewards.mean()),
+        "reward_std": float(scores.rewards.std()),
+        "turns": float(np.mean([e.turns for e in episodes])),
+        "searches": float(np.mean([e.num_searches for e in episodes])),
+        "response_tokens": float(generated.mean()),
+        "response_tokens_max": float(generated.max()),
+        "invalid_rate": 100.0 * sum(e.num_invalid for e in episodes) / max(1, actions),
+        "answered": 100.0 * float(np.mean([e.answer is not None for e in episodes])),
+    }
+
+
+def metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """A markdown table: one row per named result, the columns of TABLE_COLUMNS (+ per-type EM if present)."""
+    columns = dict(TABLE_COLUMNS)
+    columns.update({k: v for k, v in TYPE_COLUMNS.items() if any(k in m for m in rows.values())})
+    header = "| model | " + " | ".join(columns.values()) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 1)]
+    for name, metrics in rows.items():
+        cells = [f"{metrics.get(key, float('nan')):.2f}" for key in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""The pieces of a training run, each step of the loop as one method (the loop is in kr1/run/loop.py).
+
+Start-up finds or builds the inputs, starts or joins Ray, reserves placement groups and
+starts every pool: retriever shards, rollout engines, learner group, reference, reward
+scorer. With `trainer.resume=true` it reloads the latest complete checkpoint (policy,
+optimizer, RNG states, step), pushes those weights to the engines, and drops what a killed
+run logged after that step, so every step is logged once.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from actors.learner import LearnerGroup
+from actors.reference import ReferencePool
+from actors.reward import start_scorer
+from kr1.cluster import ensure_ray, stop_actors
+from kr1.config import Config, expand_path, to_yaml
+from kr1.data import load_questions
+from kr1.rollout.rewards import EpisodeScores
+from kr1.run.assets import resolve_assets
+from kr1.run.evaluation import evaluate
+from kr1.run.metrics import episode_metrics, metrics_table
+from kr1.run.placement import Placement
+from kr1.run.pools import start_engines, start_retriever
+from kr1.run.run_logger import RunLogger
+from kr1.run.weight_sync import make_weight_sync
+from kr1.training.algorithms import ADVANTAGE_ESTIMATORS
+from kr1.training.batch import TrainBatch
+from kr1.training.checkpoint import (
+    CheckpointDirs,
+    read_trainer_state,
+    write_trainer_state,
+)
+from kr1.training.memory_plan import check_memory_plan
+from kr1.training.prompt_loader import PromptLoader
+
+
+class TrainingRun:
+    def __init__(self, cfg: Config, quiet: bool = False) -> None:
+        from transformers import AutoTokenizer  # 3 s of imports: not for a command that only fails on its input
+
+        self.cfg = cfg
+        if cfg.cluster.memory_plan:
+            check_memory_plan(cfg)
+        # join or start Ray first: a cluster we cannot reach should fail before any building starts
+        ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host, include_dashboard=True)
+        self.assets = resolve_assets(cfg, progress=not quiet)
+        self.loader = PromptLoader(load_questions(self.assets.split_path("train")), cfg.trainer.prompts_per_step,
+                                   cfg.trainer.seed)
+        self.dev = load_questions(self.assets.split_path("dev"))[:cfg.trainer.eval_prompts]
+        # the run directory appears only once every input has been found and validated
+        self.output_dir = expand_path(cfg.trainer.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.pad_id = AutoTokenizer.from_pretrained(self.assets.model_path).pad_token_id or 0
+        model = self.assets.model_path
+        self.placement = Placement(cfg)
+        self.retriever = start_retriever(cfg.retriever, self.assets.index_dir)
+        self.learners = LearnerGroup(cfg, model, self.placement)
+        self.reference = ReferencePool(cfg, model, self.placement, self.learners)
+        self.engines = start_engines(cfg, model, self.retriever, self.placement)
+        self.scorer = start_scorer(cfg.reward)
+        self.weight_sync = make_weight_sync(cfg.learner.weight_sync)
+        self.checkpoints = CheckpointDirs(self.output_dir)
+        self.start_step = self._resume() if cfg.trainer.resume else 0
+        # rows a killed run logged past the checkpoint are dropped: each step is logged once
+        self.logger = RunLogger(self.output_dir, cfg.trainer.total_steps, quiet=quiet, start_step=self.start_step)
+        random.seed(cfg.trainer.seed)
+        np.random.seed(cfg.trainer.seed)
+
+    # --- one method per step of the loop -------------------------------------------------
+    def rollout(self, step: int) -> list[Any]:
+        """Sampled episodes for this step's prompts, `rollout.n_samples` per prompt."""
+        questions = self.loader.batch(step)
+        return self.engines.rollout(questions, self.cfg.rollout.n_samples, seed=self.cfg.trainer.seed + step)
+
+    def score(self, episodes: list[Any]) -> ray.ObjectRef:
+        """Start the reward scorer; returns at once so the reference pass runs meanwhile."""
+        golds = {q.id: q.golden_answers for q in self.loader.questions}
+        golds = {e.question_id: golds[e.question_id] for e in episodes}
+        return self.scorer.score.remote(episodes, golds)
+
+    def ref_logprobs(self, batch: TrainBatch) -> TrainBatch:
+        self.engines.sleep()  # colocated vLLM frees GPU memory before the reference pass; a no-op otherwise
+        return batch.with_fields(ref_logprobs=self.reference.logprobs(batch))
+
+    def advantages(self, batch: TrainBatch, scores: EpisodeScores) -> TrainBatch:
+        estimator = ADVANTAGE_ESTIMATORS[self.cfg.algorithm.advantage]
+        adv = estimator(torch.tensor(np.array(scores.rewards)), torch.tensor(np.array(batch.group_ids)),
+                        norm_by_std=self.cfg.algorithm.norm_by_std)
+        return batch.with_fields(rewards=scores.rewards, advantages=adv.numpy().astype(np.float32))
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        return self.learners.update(batch)  # colocated engines sleep from ref_logprobs until sync_weights
+
+    def sync_weights(self) -> None:
+        self.weight_sync.sync(self.learners, self.engines)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy dev-split metrics every `trainer.eval_every` steps (and after the last)."""
+        every, last = self.cfg.trainer.eval_every, step + 1 == self.cfg.trainer.total_steps
+        if not self.dev or every <= 0 or not (last or (step + 1) % every == 0):
+            return {}
+        return self._dev_metrics()
+
+    def _dev_metrics(self) -> dict[str, float]:
+        metrics, _ = evaluate(self.cfg, self.dev, self.engines)
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    def evaluate_start(self) -> dict[str, float]:
+        """The starting policy's dev metrics, logged at step 0 (skipped when resuming or eval is off)."""
+        if self.start_step > 0 or self.cfg.trainer.eval_every <= 0 or not self.dev:
+            return {}
+        metrics = self._dev_metrics()
+        self.logger.log(0, metrics)
+        return metrics
+
+    def report(self, before: dict[str, float], after: dict[str, float]) -> None:
+        """Print the dev table of the starting policy beside the trained one."""
+        rows = {name: {k.removeprefix("eval/"): v for k, v in m.items()}
+                for name, m in (("start", before), ("trained", after)) if m}
+        if rows:
+            print(f"dev split, {len(self.dev)} questions, greedy:")
+            print(metrics_table(rows))
+
+    def log(self, step: int, episodes: list[Any], batch: TrainBatch, scores: EpisodeScores,
+            train: dict[str, float], evaluation: dict[str, float], times: dict[str, float]) -> dict[str, float]:
+        rollout = episode_metrics(episodes, scores)
+        generated = sum(e.generated_tokens for e in episodes)
+        metrics = {"reward/mean": rollout.pop("reward_mean"), "reward/std": rollout.pop("reward_std"),
+                   **{f"rollout/{k}": v for k, v in rollout.items()},
+                   **{f"train/{k}": v for k, v in train.items()}, **evaluation,
+                   **{f"time/{k}": v for k, v in times.items()},
+                   "time/step": sum(times.values()),
+                   "throughput/rollout_tokens_per_s": generated / max(times.get("rollout", 0.0), 1e-9),
+                   "throughput/train_tokens_per_s": float(batch.lengths.sum()) / max(times.get("update", 0.0), 1e-9)}
+        self.logger.log(step + 1, metrics)
+        return metrics
+
+    def checkpoint(self, step: int) -> Path | None:
+        """Every `trainer.checkpoint_every` steps (and after the last): written aside, then renamed."""
+        done = step + 1
+        every = self.cfg.trainer.checkpoint_every
+        if not (every > 0 and done % every == 0 or done == self.cfg.trainer.total_steps):
+            return None
+        with self.checkpoints.writing(done) as tmp:
+            self.learners.save_checkpoint(str(tmp))
+            torch.save({"numpy": np.random.get_state(), "torch": torch.get_rng_state()}, tmp / "rng_driver.pt")
+            (tmp / "config.yaml").write_text(to_yaml(self.cfg))
+            write_trainer_state(tmp, {"step": done, "data_position": self.loader.position(done),  # last
+                                      "python_rng": repr(random.getstate()), "time": time.time()})
+        return self.checkpoints.path(done)
+
+    def _resume(self) -> int:
+        for path in self.checkpoints.remove_partial():
+            print(f"trainer.resume: removed {path.name}, left by a run killed while writing it", file=sys.stderr)
+        for _, path, damage in self.checkpoints.scan():
+            if damage:
+                print(f"trainer.resume: skipping {path}: {damage}", file=sys.stderr)
+        latest = self.checkpoints.latest()
+        if latest is None:
+            print(f"trainer.resume: no checkpoint in {self.checkpoints.root}, starting from step 0", file=sys.stderr)
+            return 0
+        step, path = latest
+        self.learners.load_checkpoint(str(path))
+        rng = torch.load(path / "rng_driver.pt", weights_only=False)
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.sync_weights()
+        print(f"resumed from {path} (step {read_trainer_state(path)['step']})", file=sys.stderr)
+        return step
+
+    def close(self) -> None:
+        self.logger.close()
+        for pool in (self.engines, self.reference, self.learners, self.retriever):
+            pool.close()
+        stop_actors([self.scorer])
+        self.placement.close()

@@ -1,0 +1,117 @@
+"""Supervised warm start on gold single-hop trajectories: the model learns the tag format.
+
+A gold trajectory searches the entity the question names, reads the real retrieved
+passages, and answers:
+
+    <prompt> <think>I need to look up X.</think><search>X</search>
+    <information>Doc 1 (Title: X) ...</information>                    (loss mask 0)
+    <think>X was born in Tavrin.</think><answer>Tavrin</answer><eos>      (quotes the evidence)
+
+Only single-hop questions are used, so the warm start knows the protocol but not the
+multi-hop strategy (search the bridge entity, then search again) that RL must find.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from kr1.data import QARecord
+from kr1.retrieval.hits import Hit
+from kr1.rollout.protocol import format_information, prompt_token_ids
+
+
+@dataclass
+class MaskedSequence:
+    ids: list[int]
+    mask: list[int]  # 1 where the model is trained to produce the token
+
+
+def gold_trajectory(tokenizer: Any, question: QARecord, hits: Sequence[Hit], max_passage_chars: int,
+                    template: str = "search_r1", miss: tuple[str, Sequence[Hit]] | None = None) -> MaskedSequence:
+    """The search-then-answer trajectory for a single-hop question.
+
+    With `miss` = (wrong query, its hits), the trajectory first searches the wrong entity, sees
+    that the passages do not mention the one asked about, and searches again: a tool user's
+    self-correction, not the multi-hop strategy (the second query comes from the question).
+    """
+    entity, evidence = question.supporting_titles[0], question.supporting_titles[-1]
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    info = lambda found: format_information([(h.title, h.text) for h in found], max_passage_chars)  # noqa: E731
+    parts = [(prompt_token_ids(tokenizer, question.problem, template), 0)]
+    if miss is not None:
+        wrong, wrong_hits = miss
+        parts += [(encode(f"<think>I need to look up {entity}.</think><search>{wrong}</search>"), 1),
+                  (encode(info(wrong_hits)), 0),
+                  (encode(f"<think>No passage is about {entity}.</think><search>{entity}</search>"), 1)]
+    else:
+        parts.append((encode(f"<think>I need to look up {entity}.</think><search>{entity}</search>"), 1))
+    answer = f"<think>{evidence_sentence(hits, evidence, question.golden_answers[0])}</think>" \
+             f"<answer>{question.golden_answers[0]}</answer>"
+    parts += [(encode(info(hits)), 0), (encode(answer) + [tokenizer.eos_token_id], 1)]
+    ids = [t for part, _ in parts for t in part]
+    mask = [m for part, m in parts for _ in part]
+    return MaskedSequence(ids, mask)
+
+
+def evidence_sentence(hits: Sequence[Hit], entity: str, answer: str) -> str:
+    """The sentence of the entity's passage that states the answer (quoted before answering)."""
+    for hit in hits:
+        if hit.title == entity:
+            for sentence in re.split(r"(?<=\.) ", hit.text):
+                if answer in sentence:
+                    return sentence
+    return "The passage says it."
+
+
+def masked_lm_loss(model: Any, ids: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over positions whose target has mask 1."""
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    targets, weights = ids[:, 1:], mask[:, 1:].float()
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+    return (losses * weights.reshape(-1)).sum() / weights.sum().clamp(min=1.0)
+
+
+def pad_batch(sequences: Sequence[MaskedSequence], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, attention, mask), each (B, T)."""
+    width = max(len(s.ids) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s.ids)] = torch.tensor(s.ids)
+        attention[i, :len(s.ids)] = 1
+        mask[i, :len(s.ids)] = torch.tensor(s.mask)
+    return ids, attention, mask
+
+
+def train_sft(model: Any, sequences: Sequence[MaskedSequence], steps: int, pad_id: int, lr: float = 3e-3,
+              batch_size: int = 16, seed: int = 0, progress: Any = None) -> list[float]:
+    """AdamW with linear warm-up and decay on random batches; returns the loss per step."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.05, (steps - s) / max(1, steps - warmup))))
+    model.train()
+    losses = []
+    for _ in range(steps):
+        ids, attention, mask = pad_batch(rng.sample(list(sequences), min(batch_size, len(sequences))), pad_id)
+        loss = masked_lm_loss(model, ids, attention, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses

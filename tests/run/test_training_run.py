@@ -1,0 +1,78 @@
+"""The training run end to end: TensorBoard events, checkpoints, a loadable policy, exact resume, and every
+actor named by role and index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kr1.config import load_config
+from kr1.run.loop import train
+from kr1.training.checkpoint import CheckpointDirs
+
+# wall-clock figures differ between runs by nature; everything else must match on resume
+VOLATILE = ("time/", "throughput/")
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_three_steps_write_events_checkpoints_and_a_loadable_policy(trained_run):
+    out, history = trained_run.out, trained_run.history
+    assert len(history) == 3
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for name in ("reward/mean", "reward/std", "rollout/em", "rollout/f1", "rollout/response_tokens",
+                 "rollout/response_tokens_max", "rollout/turns", "rollout/searches", "rollout/invalid_rate",
+                 "train/kl", "train/entropy", "train/clip_fraction", "train/grad_norm", "train/lr",
+                 "time/rollout", "time/update", "time/sync_weights", "throughput/rollout_tokens_per_s", "eval/em"):
+        assert name in scalars, name
+    assert [e.step for e in events.Scalars("reward/mean")] == [1, 2, 3]
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["step_000002", "step_000003"]
+    policy = out / "checkpoints" / "step_000003" / "policy"
+    AutoModelForCausalLM.from_pretrained(policy)  # vLLM serves it too: tests/actors/test_rollout_engine_actor.py
+    AutoTokenizer.from_pretrained(policy)
+    state = json.loads((out / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["data_position"] == 9
+
+
+def test_resume_equals_an_uninterrupted_run(trained_run, trained_run_overrides, tmp_path):
+    whole = trained_run.out
+    split = tmp_path / "split"
+    train(load_config("default", trained_run_overrides(split, **{"trainer.total_steps": 2})), quiet=True)
+    resumed = trained_run_overrides(split, **{"trainer.resume": True})
+    train(load_config("default", resumed), quiet=True)
+    a, b = _metrics(whole), _metrics(split)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == [0, 1, 2, 3]  # step 0: the start-of-run eval
+    for left, right in zip(a, b):
+        for key, value in left.items():
+            if not key.startswith(VOLATILE):
+                assert right[key] == pytest.approx(value, abs=1e-5), (left["step"], key)
+
+
+def test_resume_never_picks_a_partial_checkpoint(trained_run, tmp_path):
+    out = trained_run.out
+    shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+    dirs = CheckpointDirs(tmp_path)
+    # what a kill during the next write leaves behind: a partial directory, never step_000005
+    partial = dirs.root / ".step_000005.partial-dead"
+    shutil.copytree(dirs.path(3), partial)
+    (partial / "trainer_state.json").unlink()
+    assert dirs.latest() == (3, dirs.path(3))
+
+
+def test_every_actor_shows_its_role_and_index_in_the_dashboard(trained_run):
+    for role, names in trained_run.actor_names.items():
+        assert [n.rsplit("-", 1)[0] for n in names] == [f"{role}{i}" for i in range(len(names))], role
+        assert set(names) <= trained_run.alive, role
+    assert len(trained_run.actor_names["learner-rank"]) == len(trained_run.actor_names["reference-worker"]) == 2
+    assert any(n.startswith("reward-scorer0-") for n in trained_run.alive)

@@ -1,0 +1,116 @@
+"""Advantages and losses on hand-built tensors: group normalisation, masking, token mean, KL, clipping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kr1.training.algorithms import (
+    ADVANTAGE_ESTIMATORS,
+    grpo_advantages,
+    kl_estimate,
+    policy_loss,
+    reinforce_pp_advantages,
+    token_entropy,
+    token_logprobs,
+)
+
+
+def test_grpo_normalises_within_each_group():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 7, 7, 7, 7])
+    adv = grpo_advantages(rewards, groups, norm_by_std=True)
+    std = math.sqrt(4 * 0.25 / 3)  # unbiased std of [1, 0, 0, 1]
+    torch.testing.assert_close(adv[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (std + 1e-6))
+    torch.testing.assert_close(adv[4:], torch.zeros(4))  # a group that all agrees teaches nothing
+    torch.testing.assert_close(grpo_advantages(rewards, groups, norm_by_std=False)[:4],
+                               torch.tensor([0.5, -0.5, -0.5, 0.5]))
+
+
+def test_grpo_groups_need_not_be_contiguous():
+    rewards = torch.tensor([1.0, 3.0, 0.0, 5.0])
+    groups = torch.tensor([1, 2, 1, 2])
+    torch.testing.assert_close(grpo_advantages(rewards, groups, norm_by_std=False), torch.tensor([0.5, -1, -0.5, 1]))
+
+
+def test_reinforce_pp_normalises_over_the_batch():
+    rewards = torch.tensor([1.0, 0.0, 3.0, 1.0, 2.0, 0.0])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    adv = reinforce_pp_advantages(rewards, groups)
+    assert abs(float(adv.mean())) < 1e-6 and abs(float(adv.std()) - 1.0) < 1e-4
+    assert set(ADVANTAGE_ESTIMATORS) == {"grpo", "reinforce_pp"}
+
+
+def _loss(logprobs, mask, adv, **kw):
+    defaults = dict(old_logprobs=logprobs.detach(), clip_eps=0.2, normalizer=float(mask.sum()))
+    return policy_loss(logprobs=logprobs, advantages=adv, loss_mask=mask, **{**defaults, **kw})
+
+
+def test_masked_tokens_carry_no_loss_and_no_gradient():
+    # tokens 0-1 prompt, 2-3 generated, 4-5 retrieved (mask 0), 6 generated
+    mask = torch.tensor([[0, 0, 1, 1, 0, 0, 1]])
+    logprobs = torch.randn(1, 7, requires_grad=True)
+    ref = torch.randn(1, 7)
+    out = _loss(logprobs, mask, torch.tensor([1.5]), ref_logprobs=ref, kl_coef=0.1)
+    out.loss.backward()
+    assert torch.all(logprobs.grad[mask == 0] == 0) and torch.all(logprobs.grad[mask == 1] != 0)
+    # changing retrieved-token log-probs leaves the loss unchanged
+    changed = logprobs.detach().clone()
+    changed[0, 4:6] += 5.0
+    again = _loss(changed, mask, torch.tensor([1.5]), old_logprobs=logprobs.detach(), ref_logprobs=ref, kl_coef=0.1)
+    assert again.loss.item() == pytest.approx(out.loss.item())
+
+
+def test_on_policy_loss_is_minus_advantage_token_mean():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    logprobs = torch.zeros(2, 3, requires_grad=True)
+    out = _loss(logprobs, mask, torch.tensor([2.0, -1.0]))
+    # ratio 1 everywhere: each generated token contributes -advantage; 3 tokens in all
+    assert float(out.loss.detach()) == pytest.approx((-2.0 - 2.0 + 1.0) / 3)
+    assert out.clip_fraction == 0.0
+
+
+def test_token_mean_is_invariant_to_micro_batch_splits():
+    torch.manual_seed(0)
+    logprobs, old, ref = torch.randn(4, 6), torch.randn(4, 6), torch.randn(4, 6)
+    mask = (torch.rand(4, 6) > 0.3).long()
+    adv = torch.randn(4)
+    n = float(mask.sum())
+    whole = policy_loss(logprobs=logprobs, old_logprobs=old, advantages=adv, loss_mask=mask, clip_eps=0.2,
+                        normalizer=n, ref_logprobs=ref, kl_coef=0.05)
+    parts = [policy_loss(logprobs=logprobs[s], old_logprobs=old[s], advantages=adv[s], loss_mask=mask[s],
+                         clip_eps=0.2, normalizer=n, ref_logprobs=ref[s], kl_coef=0.05)
+             for s in (slice(0, 1), slice(1, 3), slice(3, 4))]
+    assert float(sum(p.loss for p in parts)) == pytest.approx(float(whole.loss), abs=1e-6)
+    assert sum(p.kl for p in parts) == pytest.approx(whole.kl, abs=1e-6)
+
+
+def test_kl_estimators():
+    lp, ref = torch.tensor([0.0, -1.0, -2.0]), torch.tensor([0.0, -2.0, -1.0])
+    torch.testing.assert_close(kl_estimate(lp, ref, "k1"), torch.tensor([0.0, 1.0, -1.0]))
+    k3 = kl_estimate(lp, ref, "k3")
+    torch.testing.assert_close(k3, torch.tensor([0.0, math.exp(-1) + 1 - 1, math.exp(1) - 1 - 1]))
+    assert torch.all(k3 >= 0)
+    with pytest.raises(ValueError, match="k2"):
+        kl_estimate(lp, ref, "k2")
+
+
+def test_clipping_stops_the_gradient_beyond_the_trust_region():
+    mask = torch.tensor([[1, 1]])
+    old = torch.zeros(1, 2)
+    logprobs = torch.tensor([[0.5, 0.05]], requires_grad=True)  # ratios e^0.5 (clipped) and e^0.05
+    out = _loss(logprobs, mask, torch.tensor([1.0]), old_logprobs=old)
+    out.loss.backward()
+    assert logprobs.grad[0, 0] == 0 and logprobs.grad[0, 1] != 0
+    assert out.clip_fraction == pytest.approx(0.5)
+
+
+def test_token_logprobs_and_entropy_alignment():
+    logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0 + 1e-9], [0.1, 0.2, 0.7], [1 / 3, 1 / 3, 1 / 3]]]))
+    ids = torch.tensor([[0, 2, 1]])
+    lp = token_logprobs(logits, ids)
+    torch.testing.assert_close(lp, torch.log(torch.tensor([[1.0, 1e-9 / (1 + 1e-9), 0.2]])), atol=1e-5, rtol=1e-4)
+    ent = token_entropy(logits)
+    assert ent[0, 0] == 0 and ent[0, 1] == pytest.approx(math.log(2), abs=1e-4)

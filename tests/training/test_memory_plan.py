@@ -1,0 +1,146 @@
+"""The GPU memory planner: hand-computed arithmetic on a made-up model, the shipped configs, refusals.
+
+Pure Python: no Ray, no GPU, no download.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kr1.config import load_config
+from kr1.training.memory_plan import (
+    KNOWN_MODELS,
+    GiB,
+    PlanError,
+    UnknownModelError,
+    check_plan,
+    refuse_if_over,
+)
+
+# a made-up model small enough to size by hand
+TINY = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False}
+# head dim 64/4 = 16, kv dim 2*16 = 32; one block:
+#   q 64*64 + 64 bias = 4160, k and v 2*(64*32 + 32) = 4160, o 64*64 = 4096,
+#   MLP 3*64*128 = 24576, two RMSNorms 2*64 = 128                        -> 37120
+# root: embeddings + untied lm_head 2*1000*64 + final norm 64            -> 128064
+# total 2*37120 + 128064                                                 -> 202304
+TINY_PARAMS = 202304
+TINY_OVERRIDES = ["cluster.gpus_per_node=2", "cluster.colocate=false", "model.dtype=bfloat16", "rollout.backend=vllm",
+                  "learner.num_workers=2", "learner.token_budget=256", "learner.gradient_checkpointing=true",
+                  "rollout.max_total_tokens=128", "rollout.num_engines=1", "reference.placement=colocate",
+                  "trainer.prompts_per_step=4", "rollout.n_samples=2", "cluster.gpu_memory_gb=4"]
+
+
+@pytest.fixture
+def tiny_plan(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    return check_plan(load_config("default", [f"model.path={tmp_path}", *TINY_OVERRIDES]))
+
+
+def test_tiny_model_sizes_by_hand(tiny_plan):
+    assert f"{TINY_PARAMS / 1e9:.2f}e9 params" in tiny_plan.header  # read from the local config.json
+    update = tiny_plan.group("learner").phases["update"]
+    assert update["learner params"] == 4 * TINY_PARAMS / 2 == 404608  # fp32 shard over 2 workers
+    assert update["learner AdamW moments"] == 8 * TINY_PARAMS / 2 == 809216  # two fp32 moments
+    # gathered, bf16: 2*(2 roots + 2 blocks) + one block grad in bf16 + fp32 = 2*(256128 + 74240) + 6*37120
+    assert update["learner gathered params"] == 660736 + 222720
+    # T = max(256, 128) = 256 tokens; one layer per token: 2*(9*64 + 2*32 + 4*128) = 2304 bytes
+    # checkpointed: 256 * (2 layers * 64 * 2 bytes of input + one layer 2304) = 256 * 2560
+    assert update["learner activations"] == 655360
+    assert update["learner logits"] == 256 * 1000 * (2 + 16) == 4_608_000  # bf16 logits + fp32 log-softmax + entropy
+
+
+def test_tiny_model_without_checkpointing_keeps_every_layer(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    cfg = load_config("default", [f"model.path={tmp_path}", *TINY_OVERRIDES, "learner.gradient_checkpointing=false"])
+    assert check_plan(cfg).group("learner").phases["update"]["learner activations"] == 256 * 2 * 2304
+
+
+def test_tiny_reference_and_engine_by_hand(tiny_plan):
+    ref = tiny_plan.group("learner").phases["reference"]
+    assert ref["reference params"] == 4 * TINY_PARAMS / 2
+    assert ref["reference logits"] == 256 * 1000 * (2 + 4 + 4)  # bf16 logits, fp32 copy, fp32 log-softmax
+    engine = tiny_plan.group("engine").phases["rollout"]
+    assert engine["engine weights"] == 2 * TINY_PARAMS  # bf16, tensor parallel 1
+    # the engine takes 0.5 of 4 GiB: weights, 1 GiB of activations and 1 GiB of context leave no KV cache
+    assert engine["engine KV cache"] == 0.0
+    # per token K and V: 2 * 2 layers * 2 kv heads * 16 * 2 bytes = 256; a 128-token sequence = 32 KiB
+    assert "holds no full 128-token sequence" in tiny_plan.refusal()
+    assert "raise rollout.gpu_memory_utilization (0.5)" in tiny_plan.refusal()
+
+
+def test_tiny_kv_cache_note_counts_sequences(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    cfg = load_config("default", [f"model.path={tmp_path}", *TINY_OVERRIDES, "cluster.gpu_memory_gb=8"])
+    plan = check_plan(cfg)
+    kv = plan.group("engine").phases["rollout"]["engine KV cache"]
+    assert kv == 0.5 * 8 * GiB - 2 * TINY_PARAMS - 2 * GiB
+    fits = int(kv // (128 * 256))  # full-length sequences, 32 KiB each
+    assert f"hold {fits} full 128-token sequences of the 8 an engine runs at once" in plan.table()  # 4 prompts x 2
+    assert plan.refusal() is None
+
+
+def test_known_models_match_published_sizes():
+    assert KNOWN_MODELS["Qwen/Qwen2.5-7B-Instruct"].num_params == 7_615_616_512  # "7.61B"
+    assert KNOWN_MODELS["Qwen/Qwen2.5-1.5B-Instruct"].num_params == 1_543_714_304  # "1.54B"
+    assert KNOWN_MODELS["Qwen/Qwen2.5-0.5B-Instruct"].num_params == 494_032_768  # "0.49B"
+    assert KNOWN_MODELS["Qwen/Qwen2.5-3B-Instruct"].num_params == 3_085_938_688  # "3.09B"
+
+
+def test_7b_config_fits_80_gib_on_8_gpus():
+    cfg = load_config("2wiki_qwen2.5_7b_instruct")
+    plan = check_plan(cfg)
+    g = plan.group("learner+reference+engine")
+    assert g.gpus == 8 and set(g.phases) == {"rollout", "reference", "update"}
+    assert {"learner AdamW moments", "learner logits", "learner activations"} <= set(g.phases["update"])
+    assert {"engine weights", "engine KV cache"} <= set(g.phases["rollout"])
+    assert g.phases["update"]["learner AdamW moments"] == 8 * 7_615_616_512 / 8
+    assert g.phases["rollout"]["engine weights"] == 2 * 7_615_616_512 / 2  # bf16 over tensor parallel 2
+    assert g.phases["update"]["engine asleep"] == 0.0  # sleep_level 2 frees the weights too
+    assert "engine KV cache" not in g.phases["reference"]  # the engines sleep before the reference pass
+    phase, peak = g.peak
+    assert phase == "rollout" and 50 * GiB < peak < 80 * GiB
+    assert plan.refusal() is None
+    refuse_if_over(cfg)
+
+
+def test_15b_config_fits_and_a_doubled_budget_does_not():
+    plan = check_plan(load_config("2wiki_qwen2.5_1.5b_instruct"))
+    assert plan.refusal() is None
+    # 32k tokens of fp32 logits and entropy over a 152k vocabulary alone take 83 GiB
+    assert "lower learner.token_budget" in check_plan(
+        load_config("2wiki_qwen2.5_1.5b_instruct", ["learner.token_budget=32768"])).refusal()
+    assert plan.group("learner+reference+engine").phases["update"]["engine asleep"] == 2 * 1_543_714_304  # level 1
+
+
+@pytest.mark.parametrize("override, phase, knob", [
+    ("learner.gradient_checkpointing=false", "update", "turn on learner.gradient_checkpointing"),
+    ("learner.num_workers=1", "rollout", "raise learner.num_workers (1)"),  # unsharded AdamW: 56.7 GiB
+])
+def test_7b_refusal_names_the_knob_of_the_largest_part(override, phase, knob):
+    cfg = load_config("2wiki_qwen2.5_7b_instruct", [override])
+    with pytest.raises(PlanError) as e:
+        refuse_if_over(cfg)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("learner+reference+engine needs ")
+    assert f"GiB per GPU > 80 GiB in the {phase} phase" in message
+    assert f"): {knob}" in message
+
+
+def test_cpu_default_never_refuses():
+    cfg = load_config("default")
+    plan = check_plan(cfg)
+    assert plan.groups == [] and plan.refusal() is None
+    assert "nothing runs on a GPU" in plan.table()
+    refuse_if_over(cfg)
+
+
+def test_unknown_hub_id_is_a_one_line_error():
+    cfg = load_config("2wiki_qwen2.5_7b_instruct", ["model.path=Acme/Unknown-7B"])
+    with pytest.raises(UnknownModelError) as e:
+        check_plan(cfg)
+    message = str(e.value)
+    assert "\n" not in message and "model.path 'Acme/Unknown-7B'" in message and "local directory" in message
