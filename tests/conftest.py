@@ -189,6 +189,13 @@ def run_overrides(world_dir, index_factory):
 
 
 @pytest.fixture(scope="session")
+def untrained_run_overrides(run_overrides, untrained_model):
+    """Overrides for a run of the untrained model, whose every turn runs to its token limit: a short one."""
+    return lambda out, **extra: run_overrides(out, untrained_model, **{"rollout.max_new_tokens_per_turn": 32,
+                                                                       **extra})
+
+
+@pytest.fixture(scope="session")
 def trained_run_overrides(run_overrides, tiny_model):
     """The trained run's overrides for another output directory (a resumed twin)."""
     return lambda out, **extra: run_overrides(out, tiny_model, **{**TRAINED_RUN, **extra})

@@ -32,7 +32,7 @@ from kr1.errors import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kr1.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="tiny: a quick smoke run")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
                         help=f"run only these ({', '.join(BENCHMARKS)})")

@@ -34,7 +34,7 @@ def _listening(port):
         return False
 
 
-def test_ray_job_submit_end_to_end(run_overrides, untrained_model, tmp_path):
+def test_ray_job_submit_end_to_end(untrained_run_overrides, tmp_path):
     """`ray start` + `ray job submit` with token auth on both sides, as the README says; a driver whose
     RAY_AUTH_MODE differs from the cluster's gets a one-line message naming the fix."""
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
@@ -64,7 +64,7 @@ def test_ray_job_submit_end_to_end(run_overrides, untrained_model, tmp_path):
         out = tmp_path / "job_run"
         cmd = [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir",
                str(REPO), "--", sys.executable, "-m", "kr1.driver",
-               *run_overrides(out, untrained_model, **{"trainer.total_steps": 2, "trainer.eval_every": 0})]
+               *untrained_run_overrides(out, **{"trainer.total_steps": 2, "trainer.eval_every": 0})]
         for _ in range(60):  # the head and its job agent take a few seconds to come up
             job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
             if "No available agent" not in job.stderr and "Failed to connect" not in job.stderr \

@@ -13,7 +13,7 @@ def test_eval_prints_the_table_and_writes_trajectories(ray_session, tmp_path, un
     out = tmp_path / "trajectories.jsonl"
     main(["--config", "default", "--limit", "12", "--out", str(out), f"data.cache_dir={tmp_path / 'cache'}",
           "data.synthetic_people=40", "retriever.num_shards=2", "retriever.num_cpus_per_shard=0.5",
-          f"model.path={untrained_model}", "data.split=dev"])
+          f"model.path={untrained_model}", "data.split=dev", "rollout.max_new_tokens_per_turn=32"])
     printed = capsys.readouterr()
     header, rule, row = printed.out.strip().splitlines()
     assert header.split("|")[2:-1] == [" EM ", " F1 ", " turns ", " searches ", " resp. tokens ", " invalid % ",

@@ -36,13 +36,13 @@ def _metrics(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def killed_run(ray_session, run_overrides, untrained_model, tmp_path_factory):
+def killed_run(ray_session, untrained_run_overrides, tmp_path_factory):
     """`python -m kr1.driver` (its own local Ray) SIGKILLed, whole process group, after the step-3
     row and before the step-4 checkpoint; what it left, its step-3 row and its dashboard's sockets."""
     out = tmp_path_factory.mktemp("killed") / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join the test session's Ray
     log = open(out.parent / "driver.log", "w")
-    overrides = run_overrides(out, untrained_model, **{"trainer.total_steps": 4})
+    overrides = untrained_run_overrides(out, **{"trainer.total_steps": 4})
     driver = subprocess.Popen([sys.executable, "-m", "kr1.driver", *overrides],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -97,7 +97,7 @@ def _dashboard_sockets(group: int) -> tuple[list[str], list[str]] | None:
     return None
 
 
-def test_a_driver_killed_between_checkpoints_resumes_with_each_step_once(killed_run, run_overrides, untrained_model,
+def test_a_driver_killed_between_checkpoints_resumes_with_each_step_once(killed_run, untrained_run_overrides,
                                                                         actor_process, monkeypatch, capsys):
     """Resume after SIGKILL, and, during the redone step 3, kill the engine and a retriever shard
     mid-rollout and the reward scorer mid-score: step 3 still equals the killed run's step 3."""
@@ -136,8 +136,7 @@ def test_a_driver_killed_between_checkpoints_resumes_with_each_step_once(killed_
     monkeypatch.setattr(RolloutEnginePool, "rollout_refs", rollout_refs_then_kill)
     monkeypatch.setattr(TrainingRun, "score", score_then_kill)
     monkeypatch.setattr(TrainingRun, "__init__", init)
-    cfg = load_config("default", run_overrides(out, untrained_model, **{"trainer.total_steps": 4,
-                                                                       "trainer.resume": True}))
+    cfg = load_config("default", untrained_run_overrides(out, **{"trainer.total_steps": 4, "trainer.resume": True}))
     history = train(cfg, quiet=True)
     assert f"resumed from {out / 'checkpoints' / 'step_000002'}" in capsys.readouterr().err
     assert [name for name, _, _ in faults] == ["engine", "shard", "scorer"]
