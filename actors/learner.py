@@ -46,17 +46,11 @@ def trainer_transfer_engine(backend: str, model: Any, rank: int, engines: list[A
     client = RayVLLMWeightSyncClient(list(engines))
     source = ModuleSource(model)
     if backend == "ipc":
-        from vllm.distributed.weight_transfer.ipc_engine import (
-            IPCTrainerInitInfo,
-            IPCTrainerWeightTransferEngine,
-        )
+        from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo, IPCTrainerWeightTransferEngine
 
         return IPCTrainerWeightTransferEngine.trainer_init(IPCTrainerInitInfo(rank=rank), client=client,
                                                            source=source)
-    from vllm.distributed.weight_transfer.nccl_engine import (
-        NCCLTrainerInitInfo,
-        NCCLTrainerWeightTransferEngine,
-    )
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
     address, port = ray.util.get_node_ip_address(), _free_port()
     info = NCCLTrainerInitInfo(rank=rank, master_address=address, master_port=port, world_size=world_size + 1)
@@ -112,10 +106,7 @@ class LearnerWorker:
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather the unsharded weights (every rank joins); rank 0 returns them on CPU."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)
@@ -150,10 +141,7 @@ class LearnerWorker:
 
     def load_checkpoint(self, directory: str) -> bool:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (
-            get_state_dict,
-            set_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
         state = {"model": model_state, "optim": optim_state}

@@ -24,9 +24,7 @@ class RetrieverShard:
     """One memory-mapped index shard; a plain class that `ray.remote` wraps where it is created."""
 
     def __init__(self, index_dir: str, shard: int, backend: str = "numba", threads: int = 1) -> None:
-        from kr1.retrieval.scoring import (
-            ShardSearcher,  # numba stays out of processes that only hold the pool
-        )
+        from kr1.retrieval.scoring import ShardSearcher  # numba stays out of processes that only hold the pool
 
         self.shard = shard
         self.searcher = ShardSearcher(index_dir, shard, backend=backend, threads=threads)

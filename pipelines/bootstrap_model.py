@@ -29,13 +29,7 @@ from kr1.atomic_write import atomic_directory
 from kr1.data import load_questions
 from kr1.errors import run_cli
 from kr1.retrieval.scoring import search_index
-from kr1.rollout.protocol import (
-    INVALID_FEEDBACK,
-    PROMPT_TEMPLATES,
-    PROTOCOL_TAGS,
-    THINK_CLOSE,
-    THINK_OPEN,
-)
+from kr1.rollout.protocol import INVALID_FEEDBACK, PROMPT_TEMPLATES, PROTOCOL_TAGS, THINK_CLOSE, THINK_OPEN
 from kr1.training.warm_start import gold_trajectory, train_sft
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"

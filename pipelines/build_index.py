@@ -23,15 +23,8 @@ from kr1.atomic_write import atomic_directory
 from kr1.cluster import ensure_ray
 from kr1.data import Passage, load_corpus
 from kr1.errors import run_cli
-from kr1.retrieval.index import (
-    IndexManifest,
-    ShardTokens,
-    TokenizerSpec,
-    merge_statistics,
-    shard_bounds,
-    tokenize_shard,
-    write_shard,
-)
+from kr1.retrieval.index import (IndexManifest, ShardTokens, TokenizerSpec, merge_statistics, shard_bounds,
+                                 tokenize_shard, write_shard)
 
 
 @ray.remote

@@ -17,13 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kr1.atomic_write import atomic_directory, write_json
-from kr1.data import (
-    DataError,
-    QARecord,
-    load_questions,
-    validate_questions,
-    write_questions_parquet,
-)
+from kr1.data import DataError, QARecord, load_questions, validate_questions, write_questions_parquet
 from kr1.errors import run_cli
 
 HUB_ID = "hzy/kr1_2wiki"

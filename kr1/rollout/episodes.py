@@ -19,12 +19,7 @@ from typing import Any, Callable, Sequence
 from kr1.config import Config
 from kr1.data import QARecord
 from kr1.retrieval.hits import Hit
-from kr1.rollout.protocol import (
-    INVALID_FEEDBACK,
-    format_information,
-    parse_action,
-    prompt_token_ids,
-)
+from kr1.rollout.protocol import INVALID_FEEDBACK, format_information, parse_action, prompt_token_ids
 
 GenerateFn = Callable[[Sequence[Sequence[int]], Sequence[int], float, float], list[list[int]]]
 SearchFn = Callable[[Sequence[str]], list[list[Hit]]]

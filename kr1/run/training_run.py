@@ -35,11 +35,7 @@ from kr1.run.run_logger import RunLogger
 from kr1.run.weight_sync import make_weight_sync
 from kr1.training.algorithms import ADVANTAGE_ESTIMATORS
 from kr1.training.batch import TrainBatch
-from kr1.training.checkpoint import (
-    CheckpointDirs,
-    read_trainer_state,
-    write_trainer_state,
-)
+from kr1.training.checkpoint import CheckpointDirs, read_trainer_state, write_trainer_state
 from kr1.training.memory_plan import check_memory_plan
 from kr1.training.prompt_loader import PromptLoader
 

@@ -25,11 +25,7 @@ def load_causal_lm(path: str, dtype: str, gguf_file: str | None = None) -> Any:
 
 def shard_model(model: Any, mesh: Any, cpu_offload: bool, mixed_precision: bool) -> Any:
     """FSDP2: each decoder layer is its own unit (its parameters gathered only while it runs), then the root."""
-    from torch.distributed.fsdp import (
-        CPUOffloadPolicy,
-        MixedPrecisionPolicy,
-        fully_shard,
-    )
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     kwargs: dict[str, Any] = {"mesh": mesh}
     if cpu_offload:

@@ -5,19 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kr1.rollout.protocol import (
-    ANSWER_CLOSE,
-    ANSWER_OPEN,
-    INFO_CLOSE,
-    INFO_OPEN,
-    PROTOCOL_TAGS,
-    SEARCH_CLOSE,
-    SEARCH_OPEN,
-    format_information,
-    parse_action,
-    prompt_messages,
-    strip_protocol_tags,
-)
+from kr1.rollout.protocol import (ANSWER_CLOSE, ANSWER_OPEN, INFO_CLOSE, INFO_OPEN, PROTOCOL_TAGS, SEARCH_CLOSE,
+                                  SEARCH_OPEN, format_information, parse_action, prompt_messages, strip_protocol_tags)
 
 TAGS = st.sampled_from([*PROTOCOL_TAGS, "<think>", "</think>", "<", ">", "/", " "])
 TEXT = st.lists(st.one_of(st.text(max_size=12), TAGS), max_size=20).map("".join)

@@ -7,13 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from kr1.rollout.rewards import (
-    combined_rewards,
-    exact_match,
-    normalize_answer,
-    score_episodes,
-    token_f1,
-)
+from kr1.rollout.rewards import combined_rewards, exact_match, normalize_answer, score_episodes, token_f1
 
 
 def test_normalisation():

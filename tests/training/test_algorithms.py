@@ -7,15 +7,8 @@ import math
 import pytest
 import torch
 
-from kr1.training.algorithms import (
-    ADVANTAGE_ESTIMATORS,
-    grpo_advantages,
-    kl_estimate,
-    policy_loss,
-    reinforce_pp_advantages,
-    token_entropy,
-    token_logprobs,
-)
+from kr1.training.algorithms import (ADVANTAGE_ESTIMATORS, grpo_advantages, kl_estimate, policy_loss,
+                                     reinforce_pp_advantages, token_entropy, token_logprobs)
 
 
 def test_grpo_normalises_within_each_group():

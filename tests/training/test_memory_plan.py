@@ -10,14 +10,7 @@ import json
 import pytest
 
 from kr1.config import load_config
-from kr1.training.memory_plan import (
-    KNOWN_MODELS,
-    GiB,
-    PlanError,
-    UnknownModelError,
-    check_plan,
-    refuse_if_over,
-)
+from kr1.training.memory_plan import KNOWN_MODELS, GiB, PlanError, UnknownModelError, check_plan, refuse_if_over
 
 # a made-up model small enough to size by hand
 TINY = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
