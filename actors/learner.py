@@ -23,7 +23,7 @@ import numpy as np
 import ray
 import torch
 
-from kr1.cluster import actor_names, stop_actors
+from kr1.cluster import actor_names, all_alive, get_all, stop_actors
 from kr1.config import Config
 from kr1.training.batch import TrainBatch
 from kr1.training.policy_update import batch_logprobs, train_step
@@ -166,7 +166,7 @@ class LearnerGroup:
         self.workers = [actor.options(name=self.names[r], **options[r]).remote(cfg, r, self.world_size, model_path)
                         for r in range(self.world_size)]
         addr, port = ray.get(self.workers[0].address.remote())
-        ray.get([w.setup.remote(addr, port) for w in self.workers])
+        get_all([w.setup.remote(addr, port) for w in self.workers])
 
     def _parts(self, batch: TrainBatch) -> tuple[list[ray.ObjectRef], list[list[np.ndarray]], list[np.ndarray]]:
         """Slice the batch per rank (then `ray.put` each slice once) with each rank's micro-batch rows."""
@@ -183,7 +183,7 @@ class LearnerGroup:
     def logprobs(self, batch: TrainBatch, reference: bool = False) -> np.ndarray:
         """(B, T) log-probs of the whole batch (policy, or the colocated reference)."""
         parts, micros, rows_of = self._parts(batch)
-        results = ray.get([w.logprobs.remote(p, m, reference) for w, p, m in zip(self.workers, parts, micros)])
+        results = get_all([w.logprobs.remote(p, m, reference) for w, p, m in zip(self.workers, parts, micros)])
         out = np.zeros(batch.input_ids.shape, dtype=np.float32)
         for rows, values in zip(rows_of, results):
             out[rows, :values.shape[1]] = values
@@ -198,7 +198,7 @@ class LearnerGroup:
         for mini in batch.chunk(self.cfg.learner.mini_batches):
             parts, micros, _ = self._parts(mini)
             normalizer = float(max(1, mini.num_loss_tokens))
-            results = ray.get([w.train_step.remote(p, m, normalizer)
+            results = get_all([w.train_step.remote(p, m, normalizer)
                                for w, p, m in zip(self.workers, parts, micros)])
             for name in results[0]:
                 # grad_norm is global already; the other values are per-rank shares of the step
@@ -210,14 +210,18 @@ class LearnerGroup:
     def state_dict_ref(self) -> ray.ObjectRef:
         """Rank 0's full state dict, left in the object store for the engines to fetch."""
         refs = [w.full_state_dict.remote() for w in self.workers]
-        ray.wait(refs, num_returns=len(refs))
-        return refs[0]
+        # every rank joins the gather (a dead one must not leave the others waiting); rank 0's dict stays put
+        return get_all(refs, fetch=[False] + [True] * (len(refs) - 1))[0]
 
     def save_checkpoint(self, directory: str) -> None:
-        ray.get([w.save_checkpoint.remote(directory) for w in self.workers])
+        get_all([w.save_checkpoint.remote(directory) for w in self.workers])
 
     def load_checkpoint(self, directory: str) -> None:
-        ray.get([w.load_checkpoint.remote(directory) for w in self.workers])
+        get_all([w.load_checkpoint.remote(directory) for w in self.workers])
+
+    def alive(self) -> bool:
+        """Every rank answers; else the group is rebuilt (a process group does not outlive a rank)."""
+        return all_alive(self.workers)
 
     def close(self) -> None:
         stop_actors(self.workers)

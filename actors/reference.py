@@ -17,7 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from kr1.cluster import actor_names, stop_actors
+from kr1.cluster import actor_names, all_alive, get_all, stop_actors
 from kr1.config import Config
 from kr1.training.batch import TrainBatch
 from kr1.training.policy_update import batch_logprobs
@@ -61,7 +61,7 @@ class ReferencePool:
             self.names = actor_names("reference-worker", len(options))  # as the Ray dashboard lists them
             self.workers = [actor.options(name=self.names[i], **options[i]).remote(cfg, i, model_path)
                             for i in range(len(options))]
-            ray.get([w.ready.remote() for w in self.workers])
+            get_all([w.ready.remote() for w in self.workers])
         elif self.placement == "colocate" and learners is None:
             raise ValueError("reference.placement=colocate needs the learner group")
 
@@ -75,10 +75,14 @@ class ReferencePool:
         refs = [w.logprobs.remote(p, self.batcher.split(p.lengths)) for w, p in zip(self.workers, parts) if len(p)]
         out = np.zeros(batch.input_ids.shape, dtype=np.float32)
         row = 0
-        for values in ray.get(refs):
+        for values in get_all(refs):
             out[row:row + len(values), :values.shape[1]] = values
             row += len(values)
         return out
+
+    def alive(self) -> bool:
+        """Every separate worker answers (a colocated reference lives and dies with the learners)."""
+        return all_alive(self.workers)
 
     def close(self) -> None:
         stop_actors(self.workers)

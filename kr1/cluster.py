@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
+from typing import Any
 
 import ray
 
@@ -54,6 +56,36 @@ def stop_actors(actors: list, timeout_s: float = 10.0) -> None:
         ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     for a in actors:
         ray.kill(a)
+
+
+def get_all(refs: list[Any], fetch: list[bool] | None = None) -> list[Any]:
+    """`ray.get` of every ref, raising as soon as one fails: when one rank of a process group dies, the
+    others may stay blocked in a collective, and waiting for all of them would never end. A ref whose
+    `fetch` is False stays in the object store and is returned as the ref (its error shows where it is used)."""
+    fetch = fetch or [True] * len(refs)
+    index = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, fetch_local=False)
+        if fetch[index[ready[0]]]:
+            ray.get(ready[0])
+    return [ray.get(ref) if f else ref for ref, f in zip(refs, fetch)]
+
+
+def all_alive(actors: list[Any], timeout_s: float = 30.0) -> bool:
+    """Whether every actor answers within `timeout_s` (a dead one does not, nor one stuck in a collective
+    with a dead peer: both mean its group must be rebuilt)."""
+    pending = [a.__ray_call__.remote(lambda self: True) for a in actors]
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return False
+        try:
+            ray.get(ready)
+        except ray.exceptions.RayError:
+            return False
+    return True
 
 
 def actor_names(role: str, count: int) -> list[str]:

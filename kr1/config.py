@@ -157,6 +157,10 @@ class TrainerConfig:
     checkpoint_every: int = 10
     output_dir: str = "runs/default"
     resume: bool = False
+    # resume although the run changes what is trained (model, data, reward, algorithm, ...) since the checkpoint
+    resume_allow_changes: bool = False
+    # a learner or reference worker that dies is rebuilt from the last checkpoint this often per run (0: the run ends)
+    max_recoveries: int = 2
     seed: int = 0
 
 
@@ -177,6 +181,9 @@ class ClusterConfig:
     gpu_memory_gb: float = 80.0
     # refuse to start a GPU run whose kr1.plan estimate exceeds gpu_memory_gb (false: start anyway)
     memory_plan: bool = True
+    # wait for nodes when the cluster is too small now (null: when Ray's autoscaler says it can grow to fit;
+    # false: stop at once naming what is missing; true: always wait, e.g. for nodes joined by hand)
+    autoscaling: bool | None = None
 
 
 @dataclass

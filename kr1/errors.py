@@ -11,12 +11,67 @@ every layer can raise a `UserError` without depending on the commands.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 
 class UserError(Exception):
     """Bad input or setup that the user can fix; the message is one line naming the file, row or key."""
+
+
+class WriteError(UserError):
+    """A file or directory that could not be written (full disk, read-only, permissions): names the
+    path and the reason."""
+
+
+@contextlib.contextmanager
+def writes_to(what: str, path: Path | str, after: str = "", probe: Path | str | None = None) -> Iterator[None]:
+    """Turn a failed write of the block into a one-line WriteError:
+    `cannot write <what> in <path>: [Errno 28] No space left on device<after>`.
+
+    The OSError may come from the block, from inside a Ray actor, or from a rank of a torch distributed
+    checkpoint; where a writer hid it (torch.save on a full disk raises "unexpected pos"), a small write
+    into `probe` (default `path`), made while the failed write's data still fills the disk, finds it."""
+    try:
+        yield
+    except Exception as e:
+        cause = _os_error(e) or _probe(Path(probe or path))
+        if cause is None:
+            raise
+        reason = f"[Errno {cause.errno}] {os.strerror(cause.errno)}" if cause.errno else str(cause)
+        raise WriteError(f"cannot write {what} in {path}: {reason}{after}") from None
+
+
+def _probe(directory: Path) -> OSError | None:
+    """The error a 64 KiB write into `directory` meets now, or None when it can be written."""
+    target = directory / f".kr1-write-probe-{os.getpid()}"
+    try:
+        with open(target, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e
+    finally:
+        with contextlib.suppress(OSError):
+            target.unlink()
+    return None
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e`: itself, a Ray task's cause (RayTaskError(OSError)), or one a rank reported
+    to torch.distributed.checkpoint (CheckpointException.failures: rank -> (exception, traceback))."""
+    cause = getattr(e, "cause", None) or e
+    if isinstance(cause, OSError):
+        return cause
+    for failure in (getattr(cause, "failures", None) or {}).values():
+        inner = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(inner, BaseException) and (found := _os_error(inner)) is not None:
+            return found
+    return None
 
 
 def run_cli(main: Callable[[], None]) -> None:

@@ -5,7 +5,8 @@
 Each step: rollout -> reward and reference log-probs (in parallel) -> advantages ->
 update -> weight sync -> (evaluate) -> log -> checkpoint. The starting policy is evaluated
 on the dev split first, and the end prints its table beside the trained policy's. What
-each step does, and how the pools start and resume, is in kr1/run/training_run.py.
+each step does, and how the pools start, resume and recover from a dead learner or reference
+worker, is in kr1/run/training_run.py.
 """
 
 from __future__ import annotations
@@ -31,23 +32,36 @@ def run_steps(run: TrainingRun, quiet: bool = False) -> list[dict[str, float]]:
     """The loop over a started run's pools (left running, for callers that measure them afterwards)."""
     timer, history = PhaseTimer(), []
     before = run.evaluate_start()
-    for step in range(run.start_step, run.cfg.trainer.total_steps):
-        with timer("rollout"):
-            episodes = run.rollout(step)
-        with timer("score_and_ref"):
-            pending_scores = run.score(episodes)  # the reward actor works while the reference runs
-            batch = run.ref_logprobs(TrainBatch.from_episodes(episodes, run.pad_id))
-            scores = ray.get(pending_scores)
-        batch = run.advantages(batch, scores)
-        with timer("update"):
-            train_metrics = run.update(batch)
-        with timer("sync_weights"):
-            run.sync_weights()
-        with timer("evaluate"):
-            eval_metrics = run.evaluate(step)
-        history.append(run.log(step, episodes, batch, scores, train_metrics, eval_metrics, timer.pop()))
-        with timer("checkpoint"):  # its time shows in the next step's time/checkpoint
-            run.checkpoint(step)
+    step = run.start_step
+    while step < run.cfg.trainer.total_steps:
+        try:
+            history.append(one_step(run, step, timer))
+            step += 1
+        except ray.exceptions.RayError as error:  # a learner or reference worker died: rebuilt from a checkpoint
+            step = run.recover(error)
+            del history[max(0, step - run.start_step):]
+            timer.pop()
     if not quiet:
         run.report(before, {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("eval/")})
     return history
+
+
+def one_step(run: TrainingRun, step: int, timer: PhaseTimer) -> dict[str, float]:
+    """rollout -> reward || reference -> advantages -> update -> sync -> evaluate -> log -> checkpoint."""
+    with timer("rollout"):
+        episodes = run.rollout(step)
+    with timer("score_and_ref"):
+        pending_scores = run.score(episodes)  # the reward actor works while the reference runs
+        batch = run.ref_logprobs(TrainBatch.from_episodes(episodes, run.pad_id))
+        scores = ray.get(pending_scores)
+    batch = run.advantages(batch, scores)
+    with timer("update"):
+        train_metrics = run.update(batch)
+    with timer("sync_weights"):
+        run.sync_weights()
+    with timer("evaluate"):
+        eval_metrics = run.evaluate(step)
+    metrics = run.log(step, episodes, batch, scores, train_metrics, eval_metrics, timer.pop())
+    with timer("checkpoint"):  # its time shows in the next step's time/checkpoint
+        run.checkpoint(step)
+    return metrics

@@ -1,6 +1,7 @@
 """Where each role's actors run: Ray placement groups, one per role, or one shared when colocated.
 
-    placement = Placement(cfg)                  # reserves the bundles (waits until they fit)
+    check_cluster_fits(cfg)                     # ClusterTooSmallError when it never can
+    placement = Placement(cfg)                  # reserves the bundles (waits until they fit, saying so)
     options = placement.options_for("learner")  # per-actor .options(): bundle, CPUs, GPUs
 
 CPU (the embedded default): every learner, engine and reference worker gets a bundle
@@ -13,6 +14,9 @@ sleeps while the learner trains.
 
 from __future__ import annotations
 
+import math
+import sys
+import time
 from typing import Any
 
 import ray
@@ -20,39 +24,113 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from kr1.config import Config
+from kr1.errors import UserError
 
 # GPU shares when roles colocate on one device; they alternate, so the fractions only place them
 COLOCATED_SHARE = {"learner": 0.4, "engine": 0.4, "reference": 0.2}
+SCORER_CPUS = 0.1  # the reward scorer actor's share (actors/reward.py)
+
+
+class ClusterTooSmallError(UserError):
+    """The cluster cannot hold the run and cannot grow to (one line: the need, the offer, the fix)."""
+
+
+def placement_bundles(cfg: Config) -> dict[str, list[dict[str, float]]]:
+    """The bundles of each placement group the run reserves (learner, engine, reference, or shared)."""
+    gpu, n_learn = cfg.cluster.gpus_per_node > 0, cfg.learner.num_workers
+    n_eng, tp = cfg.rollout.num_engines, cfg.rollout.tensor_parallel_size
+    groups: dict[str, list[dict[str, float]]] = {}
+    if gpu and cfg.cluster.colocate:
+        if n_eng * tp != n_learn:
+            raise ValueError(f"colocation needs rollout.num_engines x tensor_parallel_size ({n_eng} x {tp}) "
+                             f"= learner.num_workers ({n_learn}) GPUs")
+        groups["shared"] = [{"GPU": 1, "CPU": 2}] * n_learn
+    elif gpu:
+        groups["learner"] = [{"GPU": 1, "CPU": 1}] * n_learn
+        groups["engine"] = [{"GPU": 1, "CPU": 1}] * (n_eng * tp)
+    else:
+        groups["learner"] = [{"CPU": 1}] * n_learn
+        groups["engine"] = [{"CPU": 1}] * n_eng
+    if cfg.reference.placement == "separate":
+        groups["reference"] = [{"GPU": 1, "CPU": 1} if gpu else {"CPU": 1}] * cfg.reference.num_workers
+    return groups
+
+
+def resource_needs(cfg: Config) -> dict[str, dict[str, float]]:
+    """CPUs and GPUs each part of the run takes: the placement groups, the retriever shards, the scorer."""
+    needs = {name: {"CPU": sum(b.get("CPU", 0) for b in bundles), "GPU": sum(b.get("GPU", 0) for b in bundles)}
+             for name, bundles in placement_bundles(cfg).items()}
+    needs["retriever shards"] = {"CPU": cfg.retriever.num_shards * cfg.retriever.num_cpus_per_shard, "GPU": 0.0}
+    needs["reward scorer"] = {"CPU": SCORER_CPUS, "GPU": 0.0}
+    return needs
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def fit_problem(cfg: Config, offered: dict[str, float], most: dict[str, float] | None) -> str | None:
+    """Why a cluster offering `offered` (and growing to at most `most`, None: not at all) can never hold the
+    run, or None. One line: what is needed, by whom, what the cluster has, and what to change."""
+    needs = resource_needs(cfg)
+    for kind, knobs in (("CPU", "learner.num_workers, rollout.num_engines, reference.num_workers or "
+                                "retriever.num_cpus_per_shard"),
+                        ("GPU", "learner.num_workers, rollout.num_engines or rollout.tensor_parallel_size")):
+        total = sum(n[kind] for n in needs.values())
+        limit = max(offered.get(kind, 0.0), (most or {}).get(kind, 0.0))
+        if total > limit + 1e-9:
+            parts = ", ".join(f"{name} {_fmt(n[kind])}" for name, n in needs.items() if n[kind])
+            local = (f"start the head with more (`ray start --head --num-cpus {max(8, math.ceil(total))}`: Ray's "
+                     "CPUs are scheduling slots, and kr1's roles take turns)")
+            fix = "add GPU nodes" if kind == "GPU" else local if cfg.cluster.gpus_per_node == 0 else \
+                "add nodes, or start them with more --num-cpus"
+            grows = "and no autoscaler that can add more" if most is None else f"and can grow to {_fmt(limit)}"
+            return (f"the run needs {_fmt(total)} {kind}s ({parts}) but the cluster has {_fmt(offered.get(kind, 0))} "
+                    f"{grows}: {fix}, or lower {knobs}")
+    return None
+
+
+def check_cluster_fits(cfg: Config) -> None:
+    """Stop at once when the cluster can never hold the run; on one that can grow, say that it will wait."""
+    offered = ray.cluster_resources()
+    most = None
+    if cfg.cluster.autoscaling is not False:
+        try:  # what Ray's autoscaler may add (its cluster config); None where no autoscaler runs
+            most = ray._private.state.state.get_max_resources_from_cluster_config()
+        except Exception:  # an older or newer Ray without it: treat as no autoscaler
+            most = None
+        if cfg.cluster.autoscaling:
+            most = most or {"CPU": float("inf"), "GPU": float("inf")}
+    problem = fit_problem(cfg, offered, most)
+    if problem:
+        raise ClusterTooSmallError(problem)
+    if fit_problem(cfg, offered, None):
+        print("waiting for the autoscaler to add nodes for this run's placement groups", file=sys.stderr)
 
 
 class Placement:
     """Placement groups for the learner, rollout engine and reference roles."""
 
-    def __init__(self, cfg: Config, timeout_s: float = 600.0) -> None:
+    def __init__(self, cfg: Config, timeout_s: float = 600.0, report_every_s: float = 30.0) -> None:
         self.cfg = cfg
         self.gpu = cfg.cluster.gpus_per_node > 0
-        strategy = cfg.cluster.placement_strategy
-        n_learn, n_eng, tp = cfg.learner.num_workers, cfg.rollout.num_engines, cfg.rollout.tensor_parallel_size
-        self.groups: dict[str, Any] = {}
-        if self.gpu and cfg.cluster.colocate:
-            if n_eng * tp != n_learn:
-                raise ValueError(f"colocation needs rollout.num_engines x tensor_parallel_size ({n_eng} x {tp}) "
-                                 f"= learner.num_workers ({n_learn}) GPUs")
-            self.groups["shared"] = placement_group([{"GPU": 1, "CPU": 2}] * n_learn, strategy=strategy)
-        elif self.gpu:
-            self.groups["learner"] = placement_group([{"GPU": 1, "CPU": 1}] * n_learn, strategy=strategy)
-            self.groups["engine"] = placement_group([{"GPU": 1, "CPU": 1}] * (n_eng * tp), strategy=strategy)
-        else:
-            self.groups["learner"] = placement_group([{"CPU": 1}] * n_learn, strategy=strategy)
-            self.groups["engine"] = placement_group([{"CPU": 1}] * n_eng, strategy=strategy)
-        if cfg.reference.placement == "separate":
-            bundle = {"GPU": 1, "CPU": 1} if self.gpu else {"CPU": 1}
-            self.groups["reference"] = placement_group([bundle] * cfg.reference.num_workers, strategy=strategy)
-        ready = [g.ready() for g in self.groups.values()]
-        done, _ = ray.wait(ready, num_returns=len(ready), timeout=timeout_s)
-        if len(done) < len(ready):
-            raise RuntimeError(f"the cluster cannot fit the placement groups {list(self.groups)} within "
-                               f"{timeout_s:.0f}s; lower learner.num_workers / rollout.num_engines or add nodes")
+        bundles = placement_bundles(cfg)
+        self.groups: dict[str, Any] = {name: placement_group(b, strategy=cfg.cluster.placement_strategy)
+                                       for name, b in bundles.items()}
+        pending = {g.ready(): name for name, g in self.groups.items()}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            left = deadline - time.monotonic()
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=max(0.0, min(report_every_s, left)))
+            for ref in done:
+                pending.pop(ref)
+            if pending and time.monotonic() >= deadline:
+                raise RuntimeError(f"the cluster cannot fit the placement groups {sorted(pending.values())} within "
+                                   f"{timeout_s:.0f}s; lower learner.num_workers / rollout.num_engines or add nodes")
+            if pending:  # a quiet wait looks like a hang: say what for, every report_every_s
+                want = "; ".join(f"{name} {len(bundles[name])} x {bundles[name][0]}" for name in pending.values())
+                print(f"waiting for resources: {want} (cluster now has {ray.available_resources()})",
+                      file=sys.stderr, flush=True)
 
     def options_for(self, role: str) -> list[dict[str, Any]]:
         """`.options()` for each actor of `role` (learner | engine | reference), in rank order.

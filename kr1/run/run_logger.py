@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from kr1.atomic_write import atomic_file
+from kr1.errors import writes_to
 
 CONSOLE = [("reward/mean", "reward {:.3f}"), ("rollout/em", "em {:.1f}"), ("rollout/searches", "searches {:.2f}"),
            ("rollout/turns", "turns {:.2f}"), ("train/kl", "kl {:.4f}"), ("eval/em", "eval em {:.1f}"),
@@ -54,29 +55,32 @@ class RunLogger:
 
         self.output_dir = Path(output_dir)
         purge_step = start_step + 1 if start_step else 0
-        self.writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=purge_step)
         path = self.output_dir / "metrics.jsonl"
-        kept = _rows_up_to(path, start_step) if start_step else []
-        with atomic_file(path) as handle:
-            handle.writelines(kept)
-        self.jsonl = open(path, "a", encoding="utf-8")
+        with writes_to("the run's metrics and TensorBoard events", self.output_dir):
+            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=purge_step)
+            kept = _rows_up_to(path, start_step) if start_step else []
+            with atomic_file(path) as handle:
+                handle.writelines(kept)
+            self.jsonl = open(path, "a", encoding="utf-8")
         self.total_steps = total_steps
         self.quiet = quiet
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Write every scalar for `step` (1-based: steps completed) and print one line."""
-        for name, value in metrics.items():
-            self.writer.add_scalar(name, value, step)
-        self.writer.flush()
-        self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
-        self.jsonl.flush()
+        with writes_to(f"the step-{step} metrics and TensorBoard events", self.output_dir):
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, step)
+            self.writer.flush()
+            self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+            self.jsonl.flush()
         if not self.quiet:
             parts = [fmt.format(metrics[key]) for key, fmt in CONSOLE if key in metrics]
             print(f"step {step}/{self.total_steps}  " + "  ".join(parts), flush=True)
 
     def close(self) -> None:
-        self.writer.close()
-        self.jsonl.close()
+        for close in (self.writer.close, self.jsonl.close):
+            with contextlib.suppress(OSError):  # every step was flushed when logged: a failing close loses nothing
+                close()
 
 
 def _rows_up_to(path: Path, step: int) -> list[str]:

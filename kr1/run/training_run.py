@@ -23,14 +23,18 @@ from actors.learner import LearnerGroup
 from actors.reference import ReferencePool
 from actors.reward import start_scorer
 from kr1.cluster import ensure_ray, stop_actors
+from kr1.atomic_write import write_json
 from kr1.config import Config, expand_path, to_yaml
 from kr1.data import load_questions
+from kr1.errors import writes_to
 from kr1.rollout.rewards import EpisodeScores
 from kr1.run.assets import resolve_assets
 from kr1.run.evaluation import evaluate
 from kr1.run.metrics import episode_metrics, metrics_table
-from kr1.run.placement import Placement
+from kr1.run.placement import Placement, check_cluster_fits
 from kr1.run.pools import start_engines, start_retriever
+from kr1.run.resume_check import INPUTS_FILE, check_resume, input_fingerprints
+from kr1.run.run_lock import RunLock
 from kr1.run.run_logger import RunLogger
 from kr1.run.weight_sync import make_weight_sync
 from kr1.training.algorithms import ADVANTAGE_ESTIMATORS
@@ -44,21 +48,35 @@ class TrainingRun:
     def __init__(self, cfg: Config, quiet: bool = False) -> None:
         from transformers import AutoTokenizer  # 3 s of imports: not for a command that only fails on its input
 
-        self.cfg = cfg
+        self.cfg, self.quiet = cfg, quiet
         if cfg.cluster.memory_plan:
             check_memory_plan(cfg)
-        # join or start Ray first: a cluster we cannot reach should fail before any building starts
+        # join or start Ray first: a cluster we cannot reach, or that can never hold the run, fails before
+        # any building starts
         ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host, include_dashboard=True)
+        check_cluster_fits(cfg)
         self.assets = resolve_assets(cfg, progress=not quiet)
         self.loader = PromptLoader(load_questions(self.assets.split_path("train")), cfg.trainer.prompts_per_step,
                                    cfg.trainer.seed)
         self.dev = load_questions(self.assets.split_path("dev"))[:cfg.trainer.eval_prompts]
-        # the run directory appears only once every input has been found and validated
+        self.inputs = input_fingerprints(self.assets.model_path, self.assets.index_dir,
+                                         self.assets.split_path("train"))
+        # the run directory appears only once every input has been found and validated, and holds one run
         self.output_dir = expand_path(cfg.trainer.output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
-        self.pad_id = AutoTokenizer.from_pretrained(self.assets.model_path).pad_token_id or 0
-        model = self.assets.model_path
+        self.lock = RunLock.acquire(self.output_dir)
+        try:
+            self._start(AutoTokenizer)
+        except BaseException:  # what started is stopped, and the directory is free for the next try
+            self.close()
+            raise
+
+    def _start(self, tokenizers: Any) -> None:
+        cfg, model = self.cfg, self.assets.model_path
+        self.checkpoints = CheckpointDirs(self.output_dir)
+        resume_from = self._resume_point() if cfg.trainer.resume else None  # before any actor starts
+        with writes_to("the run's config", self.output_dir):
+            (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.pad_id = tokenizers.from_pretrained(model).pad_token_id or 0
         self.placement = Placement(cfg)
         self.retriever = start_retriever(cfg.retriever, self.assets.index_dir)
         self.learners = LearnerGroup(cfg, model, self.placement)
@@ -66,10 +84,10 @@ class TrainingRun:
         self.engines = start_engines(cfg, model, self.retriever, self.placement)
         self.scorer = start_scorer(cfg.reward)
         self.weight_sync = make_weight_sync(cfg.learner.weight_sync)
-        self.checkpoints = CheckpointDirs(self.output_dir)
-        self.start_step = self._resume() if cfg.trainer.resume else 0
+        self.recoveries = 0
+        self.start_step = self._resume(*resume_from) if resume_from else 0
         # rows a killed run logged past the checkpoint are dropped: each step is logged once
-        self.logger = RunLogger(self.output_dir, cfg.trainer.total_steps, quiet=quiet, start_step=self.start_step)
+        self.logger = RunLogger(self.output_dir, cfg.trainer.total_steps, quiet=self.quiet, start_step=self.start_step)
         random.seed(cfg.trainer.seed)
         np.random.seed(cfg.trainer.seed)
 
@@ -148,15 +166,21 @@ class TrainingRun:
         every = self.cfg.trainer.checkpoint_every
         if not (every > 0 and done % every == 0 or done == self.cfg.trainer.total_steps):
             return None
-        with self.checkpoints.writing(done) as tmp:
+        latest = self.checkpoints.latest()
+        kept = f"; the last complete one ({latest[1].name}) is untouched" if latest else ""
+        # the error is read inside the partial directory: once it is removed, a full disk has room again
+        with self.checkpoints.writing(done) as tmp, \
+                writes_to(f"the step-{done} checkpoint", self.checkpoints.root, kept, probe=tmp):
             self.learners.save_checkpoint(str(tmp))
             torch.save({"numpy": np.random.get_state(), "torch": torch.get_rng_state()}, tmp / "rng_driver.pt")
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
+            write_json(tmp / INPUTS_FILE, self.inputs)
             write_trainer_state(tmp, {"step": done, "data_position": self.loader.position(done),  # last
                                       "python_rng": repr(random.getstate()), "time": time.time()})
         return self.checkpoints.path(done)
 
-    def _resume(self) -> int:
+    def _resume_point(self) -> tuple[int, Path] | None:
+        """The checkpoint to resume from, once it is known to train what this run trains."""
         for path in self.checkpoints.remove_partial():
             print(f"trainer.resume: removed {path.name}, left by a run killed while writing it", file=sys.stderr)
         for _, path, damage in self.checkpoints.scan():
@@ -165,8 +189,12 @@ class TrainingRun:
         latest = self.checkpoints.latest()
         if latest is None:
             print(f"trainer.resume: no checkpoint in {self.checkpoints.root}, starting from step 0", file=sys.stderr)
-            return 0
-        step, path = latest
+            return None
+        for note in check_resume(self.cfg, latest[1], self.inputs):
+            print(note, file=sys.stderr)
+        return latest
+
+    def _resume(self, step: int, path: Path) -> int:
         self.learners.load_checkpoint(str(path))
         rng = torch.load(path / "rng_driver.pt", weights_only=False)
         np.random.set_state(rng["numpy"])
@@ -175,9 +203,45 @@ class TrainingRun:
         print(f"resumed from {path} (step {read_trainer_state(path)['step']})", file=sys.stderr)
         return step
 
-    def close(self) -> None:
-        self.logger.close()
-        for pool in (self.engines, self.reference, self.learners, self.retriever):
+    def recover(self, error: Exception) -> int:
+        """After a learner or reference worker died: rebuild both pools in their placement, reload the last
+        complete checkpoint (or the starting model), push it to the engines, and drop what was logged after
+        it; returns the step to go on from. Any other error, or one past trainer.max_recoveries, stands."""
+        lost = [name for name, pool in (("learner", self.learners), ("reference", self.reference))
+                if not pool.alive()]
+        if not lost or self.recoveries >= self.cfg.trainer.max_recoveries:
+            raise error
+        self.recoveries += 1
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        print(f"a {' and a '.join(lost)} worker died ({reason}); rebuilding from the last checkpoint "
+              f"(recovery {self.recoveries} of trainer.max_recoveries={self.cfg.trainer.max_recoveries})",
+              file=sys.stderr, flush=True)
+        for pool in (self.reference, self.learners):
+            for worker in pool.workers:  # no goodbye: a survivor may sit in a collective with the dead
+                ray.kill(worker)
             pool.close()
-        stop_actors([self.scorer])
-        self.placement.close()
+        self.learners = LearnerGroup(self.cfg, self.assets.model_path, self.placement)
+        self.reference = ReferencePool(self.cfg, self.assets.model_path, self.placement, self.learners)
+        latest = self.checkpoints.latest()
+        step = self._resume(*latest) if latest else 0
+        if not latest:  # the rebuilt learners hold the starting model: so must the engines
+            random.seed(self.cfg.trainer.seed)
+            np.random.seed(self.cfg.trainer.seed)
+            self.sync_weights()
+        self.logger.close()
+        self.logger = RunLogger(self.output_dir, self.cfg.trainer.total_steps, quiet=self.quiet, start_step=step)
+        if step == 0:
+            self.evaluate_start()
+        return step
+
+    def close(self) -> None:
+        """Stop whatever started (also after a start that failed half-way) and free the directory."""
+        parts = [getattr(self, name, None) for name in ("logger", "engines", "reference", "learners", "retriever")]
+        for part in parts:
+            if part is not None:
+                part.close()
+        if getattr(self, "scorer", None) is not None:
+            stop_actors([self.scorer])
+        if getattr(self, "placement", None) is not None:
+            self.placement.close()
+        self.lock.release()

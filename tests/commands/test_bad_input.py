@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from kr1.errors import run_cli
+from kr1.run.run_lock import RunLock
 
 
 def _overrides(world_dir, index, model, out, **extra):
@@ -107,6 +110,8 @@ BAD_INPUTS = {
                                                  ["bad value for 'trainer.total_steps'"], ["run"]),
     "model path that does not exist": lambda c: (c.driver(**{"model.path": c.tmp / "no_model"}),
                                                  ["model.path", "no_model", "does not exist"], ["run"]),
+    "a cluster that can never hold the run": lambda c: (c.driver(**{"learner.num_workers": 10}), [
+        "the run needs 12.1 CPUs (learner 10,", "the cluster has 8 and no autoscaler", "--num-cpus 13"], ["run"]),
     "prepare_data: bad row": lambda c: (_cli("pipelines.prepare_data", [
         "--out", str(c.tmp / "prepared"), "--train", str(_jsonl(c.tmp / "t.jsonl", [GOOD_Q, "[1, 2]"]))]),
         ["t.jsonl: row 2: expected a JSON object, got list"], ["prepared"]),
@@ -141,3 +146,43 @@ def test_bad_input_stops_with_one_line_naming_it(case, ray_session, world_dir, i
         assert not (tmp_path / name).exists(), f"{name} was written"
     leftovers = [p.name for p in set(tmp_path.iterdir()) - before]
     assert not leftovers, f"half-written: {leftovers}"
+
+
+def _stopped_with_one_line(entry, capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(entry)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: "), err
+    return err[-1]
+
+
+def test_a_second_run_on_a_directory_in_use_stops_naming_the_first(ray_session, world_dir, index_factory,
+                                                                  untrained_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kr1.run.run_lock import RunLock; "
+                               f"RunLock.acquire({str(out)!r}); print('locked', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        ctx = Ctx(tmp_path, world_dir, index_factory(2), untrained_model)
+        line = _stopped_with_one_line(ctx.driver(), capsys)
+        assert str(out) in line and f"pid {holder.pid}" in line and "in use by another kr1 run" in line, line
+        assert not (out / "config.yaml").exists(), "the second run wrote into the first one's directory"
+    finally:
+        holder.kill()
+        holder.wait()
+    RunLock.acquire(out).release()  # a killed holder leaves no stale lock
+
+
+def test_resume_with_other_training_settings_stops_listing_them(trained_run, trained_run_overrides, tmp_path, capsys):
+    from kr1.driver import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.out, run)
+    changed = {"trainer.resume": True, "trainer.total_steps": 5, "learner.lr": 0.002, "rollout.n_samples": 4}
+    line = _stopped_with_one_line(lambda: main(trained_run_overrides(run, **changed)), capsys)
+    assert "step_000003" in line and "learner.lr 0.001 -> 0.002" in line and "rollout.n_samples 3 -> 4" in line
+    assert "trainer.total_steps" not in line and "trainer.resume_allow_changes=true" in line, line
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in trained_run.out.iterdir())

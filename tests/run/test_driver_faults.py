@@ -9,6 +9,7 @@ tests/test_cluster_configs.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import ray
 
 from actors.rollout_engine import RolloutEnginePool
 from kr1.config import load_config
+from kr1.errors import run_cli
 from kr1.run.loop import train
 from kr1.run.training_run import TrainingRun
 from kr1.training.checkpoint import STATE_FILE, CheckpointDirs, damage
@@ -188,3 +190,143 @@ def test_a_real_checkpoint_lists_its_files(killed_run):
     files = json.loads((path / STATE_FILE).read_text())["files"]
     assert {"rng_driver.pt", "config.yaml", "policy/model.safetensors", "learner/.metadata"} <= set(files)
     assert damage(path, 2) is None
+
+
+# --- disks that fill or refuse ------------------------------------------------------------------
+@contextlib.contextmanager
+def _small_disk(path: Path, size_mb: int, read_only: bool = False):
+    """A `size_mb` tmpfs at `path` (root); for other users a read-only disk is a directory they cannot write."""
+    path.mkdir(parents=True)
+    if os.geteuid() != 0:
+        if not read_only:
+            pytest.skip("a disk that fills needs a tmpfs mount, which needs root")
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m" + (",ro" if read_only else ""),
+                              "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _stopped_with_one_line(entry, capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(entry)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: "), err[-5:]
+    return err[-1]
+
+
+def test_a_disk_that_fills_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(ray_session, untrained_run_overrides,
+                                                                                  tmp_path, capsys):
+    from kr1.driver import main
+
+    # one checkpoint of the tiny model takes ~13 MB: the step-1 one fits, the step-2 one does not
+    with _small_disk(tmp_path / "disk", 20) as disk:
+        out = disk / "run"
+        overrides = untrained_run_overrides(out, **{"trainer.total_steps": 3, "trainer.checkpoint_every": 1,
+                                                    "trainer.eval_every": 0})
+        line = _stopped_with_one_line(lambda: main(overrides), capsys)
+        assert line == (f"error: cannot write the step-2 checkpoint in {out / 'checkpoints'}: [Errno 28] No space "
+                        "left on device; the last complete one (step_000001) is untouched"), line
+        dirs = CheckpointDirs(out)
+        assert dirs.latest() == (1, dirs.path(1)) and damage(dirs.path(1), 1) is None
+        assert sorted(p.name for p in dirs.root.iterdir()) == ["step_000001"], "a partial checkpoint was left"
+        assert [r["step"] for r in _metrics(out)] == [1, 2]
+
+
+def test_a_read_only_output_directory_stops_before_anything_starts(ray_session, untrained_run_overrides, tmp_path,
+                                                                  capsys):
+    from kr1.driver import main
+
+    with _small_disk(tmp_path / "disk", 1, read_only=True) as disk:
+        line = _stopped_with_one_line(lambda: main(untrained_run_overrides(disk / "run")), capsys)
+    assert line.startswith(f"error: cannot write the run's lock file in {disk / 'run'}: [Errno "), line
+    assert "Read-only file system" in line or "Permission denied" in line, line
+
+
+def test_metrics_on_a_full_disk_end_in_one_line(tmp_path):
+    from kr1.errors import WriteError
+    from kr1.run.run_logger import RunLogger
+
+    with _small_disk(tmp_path / "disk", 1) as disk:
+        logger = RunLogger(disk, total_steps=2, quiet=True)
+        with pytest.raises(OSError):  # fill the disk to the last byte
+            with open(disk / "filler", "wb") as f:
+                f.write(b"\0" * (2 << 20))
+        with pytest.raises(WriteError, match=rf"cannot write the step-1 metrics and TensorBoard events in {disk}: "
+                                             r"\[Errno 28\] No space left on device"):
+            for _ in range(200):  # buffered writers may take a few rows to reach the disk
+                logger.log(1, {"reward/mean": 0.5, **{f"x/{i}": float(i) for i in range(50)}})
+        logger.close()
+
+
+# --- a learner or reference worker that dies ----------------------------------------------------
+def test_dead_learner_and_reference_workers_are_rebuilt_from_the_last_checkpoint(trained_run, trained_run_overrides,
+                                                                                tmp_path, monkeypatch, capsys):
+    """The trained run again (2 learner ranks, 2 reference workers, checkpoint at step 2): inside step 3 a
+    reference worker dies, and in the step-3 redo a learner rank. The run completes with each step logged
+    once, equal to the uninterrupted run (which equals one resumed from the step-2 checkpoint)."""
+    from actors.learner import LearnerGroup
+    from actors.reference import ReferencePool
+
+    calls = {"ref": 0, "update": 0}
+    real_ref, real_update = ReferencePool.logprobs, LearnerGroup.update
+
+    def ref_then_kill(self, batch):
+        calls["ref"] += 1
+        if calls["ref"] == 3 and self.workers:  # step 3
+            ray.kill(self.workers[1])
+        return real_ref(self, batch)
+
+    def update_then_kill(self, batch):
+        calls["update"] += 1
+        if calls["update"] == 3:  # the redone step 3 (the first try died before its update)
+            ray.kill(self.workers[1])
+        return real_update(self, batch)
+
+    monkeypatch.setattr(ReferencePool, "logprobs", ref_then_kill)
+    monkeypatch.setattr(LearnerGroup, "update", update_then_kill)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    history = train(load_config("default", trained_run_overrides(out)), quiet=True)
+    said = capsys.readouterr().err
+    assert "a reference worker died" in said and "recovery 1 of trainer.max_recoveries=2" in said, said
+    assert "a learner worker died" in said and "recovery 2 of trainer.max_recoveries=2" in said, said
+    assert calls == {"ref": 5, "update": 4} and len(history) == 3
+    rows, whole = _metrics(out), _metrics(trained_run.out)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for left, right in zip(whole, rows):
+        for key, value in left.items():
+            if not key.startswith(VOLATILE):
+                assert right[key] == pytest.approx(value, abs=1e-5), (left["step"], key)
+    assert [s for s, _ in CheckpointDirs(out).complete()] == [2, 3]
+
+
+def test_a_death_past_max_recoveries_ends_the_run(ray_session, untrained_run_overrides, tmp_path, monkeypatch,
+                                                  capsys):
+    """Before any checkpoint the rebuilt learners start from the model on disk; the second death is one too many."""
+    from actors.learner import LearnerGroup
+
+    real_update = LearnerGroup.update
+
+    def update_then_kill(self, batch):
+        ray.kill(self.workers[0])
+        return real_update(self, batch)
+
+    monkeypatch.setattr(LearnerGroup, "update", update_then_kill)
+    cfg = load_config("default", untrained_run_overrides(tmp_path / "run", **{
+        "trainer.max_recoveries": 1, "trainer.eval_every": 0, "learner.num_workers": 1}))
+    with pytest.raises(ray.exceptions.RayError):
+        train(cfg, quiet=True)
+    said = capsys.readouterr().err
+    assert said.count("a learner worker died") == 1 and "recovery 1 of trainer.max_recoveries=1" in said, said
