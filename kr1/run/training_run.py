@@ -22,8 +22,8 @@ import torch
 from actors.learner import LearnerGroup
 from actors.reference import ReferencePool
 from actors.reward import start_scorer
-from kr1.cluster import ensure_ray, stop_actors
 from kr1.atomic_write import write_json
+from kr1.cluster import ensure_ray, stop_actors
 from kr1.config import Config, expand_path, to_yaml
 from kr1.data import load_questions
 from kr1.errors import writes_to
@@ -46,8 +46,6 @@ from kr1.training.prompt_loader import PromptLoader
 
 class TrainingRun:
     def __init__(self, cfg: Config, quiet: bool = False) -> None:
-        from transformers import AutoTokenizer  # 3 s of imports: not for a command that only fails on its input
-
         self.cfg, self.quiet = cfg, quiet
         if cfg.cluster.memory_plan:
             check_memory_plan(cfg)
@@ -65,18 +63,20 @@ class TrainingRun:
         self.output_dir = expand_path(cfg.trainer.output_dir)
         self.lock = RunLock.acquire(self.output_dir)
         try:
-            self._start(AutoTokenizer)
+            self._start()
         except BaseException:  # what started is stopped, and the directory is free for the next try
             self.close()
             raise
 
-    def _start(self, tokenizers: Any) -> None:
+    def _start(self) -> None:
+        from transformers import AutoTokenizer  # 3 s of imports: not for a command that only fails on its input
+
         cfg, model = self.cfg, self.assets.model_path
         self.checkpoints = CheckpointDirs(self.output_dir)
         resume_from = self._resume_point() if cfg.trainer.resume else None  # before any actor starts
         with writes_to("the run's config", self.output_dir):
             (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
-        self.pad_id = tokenizers.from_pretrained(model).pad_token_id or 0
+        self.pad_id = AutoTokenizer.from_pretrained(model).pad_token_id or 0
         self.placement = Placement(cfg)
         self.retriever = start_retriever(cfg.retriever, self.assets.index_dir)
         self.learners = LearnerGroup(cfg, model, self.placement)
