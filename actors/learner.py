@@ -26,6 +26,7 @@ import torch
 from kr1.cluster import actor_names, all_alive, get_all, stop_actors
 from kr1.config import Config
 from kr1.training.batch import TrainBatch
+from kr1.training.memory_plan import learner_actor_env
 from kr1.training.policy_update import batch_logprobs, train_step
 from kr1.training.sharded_model import load_causal_lm, shard_model
 from kr1.training.token_budget import TokenBudgetBatcher
@@ -95,11 +96,13 @@ class LearnerWorker:
 
     def logprobs(self, part: TrainBatch, micro: Sequence[np.ndarray], reference: bool = False) -> np.ndarray:
         """(B_part, T) log-probs under the policy, or the colocated reference."""
-        return batch_logprobs(self.reference if reference else self.model, part, micro, self.device)
+        return batch_logprobs(self.reference if reference else self.model, part, micro, self.device,
+                              chunk_tokens=self.cfg.learner.logits_chunk_tokens)
 
     def train_step(self, part: TrainBatch, micro: Sequence[np.ndarray], normalizer: float) -> dict[str, float]:
         metrics = train_step(self.model, self.optimizer, part, micro, normalizer=normalizer, scale=self.world_size,
-                             algo=self.cfg.algorithm, grad_clip=self.cfg.learner.grad_clip, device=self.device)
+                             algo=self.cfg.algorithm, grad_clip=self.cfg.learner.grad_clip, device=self.device,
+                             chunk_tokens=self.cfg.learner.logits_chunk_tokens)
         if self.device.type == "cuda":  # hand the update's cached blocks back before a colocated vLLM wakes
             torch.cuda.empty_cache()
         return metrics
@@ -163,7 +166,9 @@ class LearnerGroup:
         actor = ray.remote(LearnerWorker)
         options = placement.options_for("learner") if placement else [{} for _ in range(self.world_size)]
         self.names = actor_names("learner-rank", self.world_size)  # as the Ray dashboard lists them
-        self.workers = [actor.options(name=self.names[r], **options[r]).remote(cfg, r, self.world_size, model_path)
+        env = learner_actor_env(cfg)  # no fragmentation OOM: expandable segments unless the user chose
+        self.workers = [actor.options(name=self.names[r], **options[r], **env).remote(cfg, r, self.world_size,
+                                                                                     model_path)
                         for r in range(self.world_size)]
         addr, port = ray.get(self.workers[0].address.remote())
         get_all([w.setup.remote(addr, port) for w in self.workers])

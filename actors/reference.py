@@ -20,6 +20,7 @@ import torch
 from kr1.cluster import actor_names, all_alive, get_all, stop_actors
 from kr1.config import Config
 from kr1.training.batch import TrainBatch
+from kr1.training.memory_plan import learner_actor_env
 from kr1.training.policy_update import batch_logprobs
 from kr1.training.sharded_model import load_causal_lm
 from kr1.training.token_budget import TokenBudgetBatcher
@@ -30,6 +31,7 @@ class ReferenceWorker:
 
     def __init__(self, cfg: Config, index: int, model_path: str) -> None:
         self.index = index
+        self.chunk_tokens = cfg.learner.logits_chunk_tokens
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         dtype = cfg.model.dtype if self.device.type == "cuda" else "float32"
         self.model = load_causal_lm(model_path, dtype, cfg.model.gguf_file).to(self.device).eval()
@@ -42,7 +44,7 @@ class ReferenceWorker:
         return True
 
     def logprobs(self, part: TrainBatch, micro: Sequence[np.ndarray]) -> np.ndarray:
-        return batch_logprobs(self.model, part, micro, self.device)
+        return batch_logprobs(self.model, part, micro, self.device, chunk_tokens=self.chunk_tokens)
 
 
 class ReferencePool:
@@ -59,7 +61,8 @@ class ReferencePool:
             options = placement.options_for("reference") if placement else [{} for _ in range(count)]
             actor = ray.remote(ReferenceWorker)
             self.names = actor_names("reference-worker", len(options))  # as the Ray dashboard lists them
-            self.workers = [actor.options(name=self.names[i], **options[i]).remote(cfg, i, model_path)
+            self.workers = [actor.options(name=self.names[i], **options[i], **learner_actor_env(cfg)).remote(
+                cfg, i, model_path)
                             for i in range(len(options))]
             get_all([w.ready.remote() for w in self.workers])
         elif self.placement == "colocate" and learners is None:

@@ -135,8 +135,13 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
     # FSDP2 CPU offload of parameters and optimizer state
     cpu_offload: bool = False
+    # log-probs and entropy over chunks of this many tokens, recomputed in backward, so no T x V logits tensor
+    # is held (the largest learner term at a 152k vocabulary); 0: from the full logits
+    logits_chunk_tokens: int = 0
     # object_store | cuda_ipc | nccl
     weight_sync: str = "object_store"
+    # object_store sync: rank 0 ships the weights in model.dtype, in object-store buckets of about this many MiB
+    sync_bucket_mb: int = 512
 
 
 @dataclass
@@ -220,7 +225,7 @@ POSITIVE = (
     "retriever.num_shards", "retriever.top_k", "retriever.max_query_chars", "rollout.num_engines",
     "rollout.n_samples", "rollout.max_turns", "rollout.max_new_tokens_per_turn",
     "rollout.max_total_tokens", "rollout.tensor_parallel_size", "learner.num_workers",
-    "learner.token_budget", "learner.mini_batches", "reference.num_workers",
+    "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
     "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens",
 )
 

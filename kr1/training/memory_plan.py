@@ -18,7 +18,14 @@ max(learner.token_budget, rollout.max_total_tokens), h hidden, kv kv-heads x hea
   no T x T scores. Gradient checkpointing keeps each layer's input (cb*h) plus one layer recomputed.
 - logits, T*V*(cb + 16) bytes: the logits, the fp32 log-softmax kept for backward, and the entropy that
   train_step always computes (fp32 log-softmax, exp, product): the usual OOM at a 152k vocabulary.
-  A no-grad forward holds cb + 8 (logits, fp32 copy, log-softmax).
+  A no-grad forward holds cb + 8 (logits, fp32 copy, log-softmax). With learner.logits_chunk_tokens = C
+  (kr1.training.chunked_logprobs) only C positions' logits live at once: C*V*(2cb + 16) in the update
+  (a chunk recomputed in backward with its gradients), C*V*(cb + 8) in a no-grad forward.
+- allocator reserve: with PyTorch's default caching allocator, blocks freed by the T x V (or C x V)
+  tensors stay reserved and are reused badly: 1.4 x (L*V*4) in the update and 0.75 x in a no-grad
+  forward, L = T or C, fitted to what an H100 reserved beyond what it allocated (README, GPU memory
+  plan). With expandable_segments:True, which the learner and reference processes get unless
+  PYTORCH_CUDA_ALLOC_CONF is set (then that stands, and the plan says so), the reserve is 0.
 - reference `colocate`: a second FSDP2 model in each learner (fp32 shards) whose forward runs after the
   engines are put to sleep; `separate`: a full model.dtype copy per GPU.
 - engine (vLLM, tensor_parallel_size GPUs) preallocates gpu_memory_utilization of the GPU: weights
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -41,6 +49,9 @@ from kr1.config import Config, expand_path
 from kr1.errors import UserError
 
 GiB = 2**30
+# what PyTorch's default caching allocator keeps reserved beside the live tensors, per fp32 L x V block
+RESERVE = {"update": 1.4, "reference": 0.75}
+EXPANDABLE = "expandable_segments:True"
 CONTEXT = 1.0 * GiB  # per process: CUDA context, NCCL and cuBLAS workspaces (and vLLM's CUDA graphs)
 ENGINE_ACTIVATIONS = 1.0 * GiB  # vLLM's profiled forward peak, taken from its budget before the KV cache
 
@@ -180,9 +191,29 @@ class MemoryPlan:
         return "\n".join(lines + [""] * bool(self.groups) + self.notes)
 
 
+def allocator_conf() -> tuple[str, bool]:
+    """PYTORCH_CUDA_ALLOC_CONF for learner and reference processes (the user's if set, else expandable
+    segments), and whether it turns expandable segments on."""
+    value = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+    if value is None:
+        return EXPANDABLE, True
+    return value, "expandable_segments:true" in value.replace(" ", "").lower()
+
+
+def learner_actor_env(cfg: Config) -> dict:
+    """Ray actor options for learner and reference processes on GPUs: the allocator setting the plan
+    assumes (expandable segments unless the user set PYTORCH_CUDA_ALLOC_CONF); nothing on CPU."""
+    if cfg.cluster.gpus_per_node == 0:
+        return {}
+    return {"runtime_env": {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": allocator_conf()[0]}}}
+
+
 def _learner(cfg: Config, d: ModelDims, cb: int, T: int, notes: list[str]) -> tuple[dict[str, float], ...]:
     """Bytes on one learner GPU: kept between phases, during the update, during a colocated reference forward."""
     P, n, V = d.num_params, cfg.learner.num_workers, d.vocab_size
+    chunk = cfg.learner.logits_chunk_tokens
+    L = min(chunk, T) if chunk > 0 else T  # positions whose logits live at once
+    expandable = allocator_conf()[1]
     shards = {"learner params": 4 * P / n, "learner grads": 4 * P / n, "learner AdamW moments": 8 * P / n}
     if cfg.reference.placement == "colocate":
         shards["reference params"] = 4 * P / n
@@ -194,9 +225,12 @@ def _learner(cfg: Config, d: ModelDims, cb: int, T: int, notes: list[str]) -> tu
               cb * (2 * d.root_params + 2 * d.block_params) + (cb + 4) * d.block_params,
               "learner activations": T * (d.num_hidden_layers * d.hidden_size * cb + layer)
               if cfg.learner.gradient_checkpointing else T * d.num_hidden_layers * layer,
-              "learner logits": T * V * (cb + 16)}
+              "learner logits": L * V * (2 * cb + 16) if chunk > 0 else T * V * (cb + 16)}
     ref_forward = {"reference gathered params": cb * (d.root_params + 2 * d.block_params),
-                   "reference activations": T * layer, "reference logits": T * V * (cb + 4 + 4 * (cb < 4))}
+                   "reference activations": T * layer, "reference logits": L * V * (cb + 4 + 4 * (cb < 4))}
+    if not expandable:
+        update["learner allocator reserve"] = RESERVE["update"] * L * V * 4
+        ref_forward["reference allocator reserve"] = RESERVE["reference"] * L * V * 4
     return resident, update, ref_forward
 
 
@@ -232,6 +266,10 @@ def _parts(cfg: Config, T: int, V: int) -> dict[str, tuple[str, list[str]]]:
     budget, workers = f"lower learner.token_budget ({lrn.token_budget})", f"raise learner.num_workers ({n})"
     shard = [workers] + ([] if lrn.cpu_offload else ["turn on learner.cpu_offload"])
     ckpt = "checkpointed: layer inputs + 1 layer" if lrn.gradient_checkpointing else "every layer, no checkpointing"
+    chunk = min(lrn.logits_chunk_tokens, T)
+    rows = f"chunks of {chunk} of {T}" if chunk > 0 else f"{T}"
+    logit_knobs = [budget] if chunk > 0 else ["set learner.logits_chunk_tokens (e.g. 2048)", budget]
+    reserve = ["set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (kr1's default)"] + logit_knobs
     return {
         "learner params": (f"learner params (fp32 shard 1/{n})", shard),
         "learner grads": (f"learner grads (fp32 shard 1/{n})", shard),
@@ -240,13 +278,15 @@ def _parts(cfg: Config, T: int, V: int) -> dict[str, tuple[str, list[str]]]:
         "learner activations": (f"learner activations ({ckpt})",
                                 ([] if lrn.gradient_checkpointing else ["turn on learner.gradient_checkpointing"])
                                 + [budget]),
-        "learner logits": (f"learner logits ({T} x {V}: fp32 log-softmax, entropy)", [budget]),
+        "learner logits": (f"learner logits ({rows} x {V}: fp32 log-softmax, entropy)", logit_knobs),
+        "learner allocator reserve": (f"learner allocator reserve (default allocator, {rows} x {V} blocks)", reserve),
+        "reference allocator reserve": (f"reference allocator reserve (default allocator, {rows} x {V})", reserve),
         "reference params": (f"reference params (fp32 shard 1/{n})", [workers, "set reference.placement=separate"]),
         "reference weights": (f"reference weights ({cfg.model.dtype}, full copy)",
                               ["set reference.placement=colocate"]),
         "reference gathered params": (f"reference gathered: root + 2 blocks ({dt})", []),
         "reference activations": ("reference activations (1 layer, no grad)", [budget]),
-        "reference logits": (f"reference logits ({T} x {V}: fp32 log-softmax)", [budget]),
+        "reference logits": (f"reference logits ({rows} x {V}: fp32 log-softmax)", logit_knobs),
         "engine weights": (f"engine weights ({cfg.model.dtype}, 1/{tp} tensor parallel)",
                            [f"raise rollout.tensor_parallel_size ({tp})"]),
         "engine activations": ("engine profiled activations", []),
@@ -291,12 +331,33 @@ def check_plan(cfg: Config) -> MemoryPlan:
         plan.groups += [g, GpuGroup("engine", engine_gpus if ro.backend == "vllm" else ro.num_engines,
                                     {"rollout": engine})]
     if cfg.reference.placement == "separate":
-        plan.groups.append(GpuGroup("reference", cfg.reference.num_workers, {"reference": {
-            "reference weights": cb * d.num_params, "reference activations": ref_forward["reference activations"],
-            "reference logits": ref_forward["reference logits"], "reference CUDA context": CONTEXT}}))
+        separate = {"reference weights": cb * d.num_params, "reference CUDA context": CONTEXT,
+                    **{k: v for k, v in ref_forward.items() if k != "reference gathered params"}}
+        plan.groups.append(GpuGroup("reference", cfg.reference.num_workers, {"reference": separate}))
+    conf, expandable = allocator_conf()
+    plan.notes.append(f"allocator: PYTORCH_CUDA_ALLOC_CONF={conf} in learner and reference processes"
+                      + ("" if expandable else " (yours: without expandable segments the plan adds the reserve "
+                                              "the default allocator keeps)"))
+    plan.notes.append(sync_note(cfg, d))
     plan.notes.append("GPUs: " + " + ".join(f"{g.name} {g.gpus}" for g in plan.groups)
                       + f" = {sum(g.gpus for g in plan.groups)} (cluster.gpus_per_node {cfg.cluster.gpus_per_node})")
     return plan
+
+
+def sync_bytes(cfg: Config, d: ModelDims) -> float:
+    """Bytes one weight sync moves to each engine: every parameter once, in model.dtype."""
+    return d.num_params * (4 if cfg.model.dtype == "float32" else 2)
+
+
+def sync_note(cfg: Config, d: ModelDims) -> str:
+    size = sync_bytes(cfg, d) / GiB
+    mode = cfg.learner.weight_sync
+    how = {"object_store": f"gathered on learner rank 0, put in the object store in buckets of "
+                           f"{cfg.learner.sync_bucket_mb} MiB, fetched by each engine",
+           "cuda_ipc": "CUDA IPC handles to the gathered tensors, copied device to device",
+           "nccl": "broadcast from learner rank 0 over NCCL"}[mode]
+    return (f"weight sync ({mode}): {size:.2f} GiB per step in {cfg.model.dtype} ({how}); "
+            f"fp32 would be {d.num_params * 4 / GiB:.2f} GiB")
 
 
 def refuse_if_over(cfg: Config) -> None:

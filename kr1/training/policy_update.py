@@ -1,8 +1,8 @@
 """Forward passes and the optimizer step on a `TrainBatch`, for any torch model (plain or FSDP).
 
-    logprobs = batch_logprobs(model, batch, micro_batches, device)            # (B, T), no grad
-    metrics = train_step(model, optimizer, batch, micro_batches, normalizer=n,
-                         scale=world_size, algo=cfg.algorithm, grad_clip=1.0, device=device)
+    logprobs = batch_logprobs(model, batch, micro_batches, device, chunk_tokens=2048)   # (B, T), no grad
+    metrics = train_step(model, optimizer, batch, micro_batches, normalizer=n, scale=world_size,
+                         algo=cfg.algorithm, grad_clip=1.0, device=device, chunk_tokens=2048)
 
 `micro_batches` are row-index arrays from `TokenBudgetBatcher`; an empty one runs a
 one-token forward/backward that contributes nothing, so every FSDP rank issues the same
@@ -19,6 +19,7 @@ import torch
 from kr1.config import AlgorithmConfig
 from kr1.training.algorithms import policy_loss, token_entropy, token_logprobs
 from kr1.training.batch import TrainBatch
+from kr1.training.chunked_logprobs import chunked_output_head
 
 
 def _tensors(batch: TrainBatch, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
@@ -33,12 +34,19 @@ def _tensors(batch: TrainBatch, rows: np.ndarray, device: torch.device) -> dict[
     return out
 
 
-def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) token log-probs and, optionally, (B, T) entropies."""
+def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False,
+            chunk_tokens: int = 0, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) token log-probs and, optionally, (B, T) entropies (with a gradient only if `entropy_grad`).
+
+    `chunk_tokens` > 0: from the final hidden states, that many positions at a time (no T x V logits
+    held, each chunk recomputed in backward: kr1.training.chunked_logprobs); 0: from the full logits."""
+    if chunk_tokens > 0:
+        with chunked_output_head(model, input_ids, chunk_tokens, with_entropy, entropy_grad):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return out[..., 0], out[..., 1] if with_entropy else None
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     logprobs = token_logprobs(logits, input_ids)
-    entropy = token_entropy(logits.detach()) if with_entropy else None
+    entropy = token_entropy(logits if entropy_grad else logits.detach()) if with_entropy else None
     return logprobs, entropy
 
 
@@ -52,7 +60,7 @@ def _idle_pass(model: Any, device: torch.device, backward: bool) -> None:
 
 @torch.no_grad()
 def batch_logprobs(model: Any, batch: TrainBatch, micro_batches: Sequence[np.ndarray],
-                   device: torch.device) -> np.ndarray:
+                   device: torch.device, chunk_tokens: int = 0) -> np.ndarray:
     """(B, T) float32 log-probs of `batch` under `model`, micro-batch by micro-batch."""
     model.eval()
     out = np.zeros(batch.input_ids.shape, dtype=np.float32)
@@ -61,14 +69,14 @@ def batch_logprobs(model: Any, batch: TrainBatch, micro_batches: Sequence[np.nda
             _idle_pass(model, device, backward=False)
             continue
         t = _tensors(batch, rows, device)
-        logprobs, _ = forward(model, t["input_ids"], t["attention_mask"])
+        logprobs, _ = forward(model, t["input_ids"], t["attention_mask"], chunk_tokens=chunk_tokens)
         out[rows, :logprobs.shape[1]] = (logprobs * t["attention_mask"]).float().cpu().numpy()
     return out
 
 
 def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: TrainBatch, micro_batches: Sequence[np.ndarray],
                *, normalizer: float, scale: float, algo: AlgorithmConfig, grad_clip: float,
-               device: torch.device) -> dict[str, float]:
+               device: torch.device, chunk_tokens: int = 0) -> dict[str, float]:
     """One optimizer step: accumulate the token-mean loss over micro-batches, clip, step.
 
     `normalizer` is the number of loss tokens in the whole step (all ranks); `scale` undoes
@@ -83,7 +91,8 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: TrainBatch, 
             _idle_pass(model, device, backward=True)
             continue
         t = _tensors(batch, rows, device)
-        logprobs, entropy = forward(model, t["input_ids"], t["attention_mask"], with_entropy=True)
+        logprobs, entropy = forward(model, t["input_ids"], t["attention_mask"], with_entropy=True,
+                                    chunk_tokens=chunk_tokens, entropy_grad=algo.entropy_coef != 0)
         old = t.get("old_logprobs", logprobs.detach())
         out = policy_loss(logprobs=logprobs, old_logprobs=old, advantages=t["advantages"], loss_mask=t["loss_mask"],
                           clip_eps=algo.clip_eps, normalizer=normalizer, ref_logprobs=t.get("ref_logprobs"),

@@ -86,3 +86,13 @@ def test_reinforce_and_mini_batches_run(ray_session, tiny_model, rollout_batch):
     metrics, _ = _update(_cfg(**{"learner.mini_batches": 2, "algorithm.kl_estimator": "k1"}), tiny_model,
                          rollout_batch)
     assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+
+
+def test_chunked_logits_make_the_same_update_under_fsdp(tiny_model, rollout_batch, two_ranks):
+    """The chunked head runs inside FSDP2's root forward on 2 ranks: same loss, entropy and weights."""
+    chunked, w_chunked = _update(_cfg(**{"learner.logits_chunk_tokens": 16}), tiny_model, rollout_batch)
+    whole, w_whole = two_ranks
+    for name in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
+        assert chunked[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-7), name
+    for name in w_whole:
+        torch.testing.assert_close(w_chunked[name], w_whole[name], atol=1e-5, rtol=1e-4)
