@@ -30,6 +30,7 @@ from kr1.training.memory_plan import learner_actor_env
 from kr1.training.policy_update import batch_logprobs, train_step
 from kr1.training.sharded_model import load_causal_lm, shard_model
 from kr1.training.token_budget import TokenBudgetBatcher
+from kr1.training.weight_buckets import state_buckets
 
 
 def _free_port() -> int:
@@ -114,6 +115,15 @@ class LearnerWorker:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)
         return state if self.rank == 0 else None
+
+    def weight_buckets(self) -> list[ray.ObjectRef] | None:
+        """The object-store sync's half here: every rank joins the gather; rank 0 casts the weights to the
+        engines' dtype, cuts them into `learner.sync_bucket_mb` buckets and puts each in the object store."""
+        state = self.full_state_dict()
+        if state is None:
+            return None
+        dtype = getattr(torch, self.cfg.model.dtype)
+        return [ray.put(part) for part in state_buckets(state, dtype, self.cfg.learner.sync_bucket_mb << 20)]
 
     def init_weight_transfer(self, backend: str, engines: list[Any], num_vllm_workers: int) -> bool:
         """Set up this rank's side of vLLM's cuda_ipc / nccl weight transfer (GPU only)."""
@@ -213,8 +223,8 @@ class LearnerGroup:
         return metrics
 
     def state_dict_ref(self) -> ray.ObjectRef:
-        """Rank 0's full state dict, left in the object store for the engines to fetch."""
-        refs = [w.full_state_dict.remote() for w in self.workers]
+        """Rank 0's weights as a list of bucket refs, left in the object store for the engines to fetch."""
+        refs = [w.weight_buckets.remote() for w in self.workers]
         # every rank joins the gather (a dead one must not leave the others waiting); rank 0's dict stays put
         return get_all(refs, fetch=[False] + [True] * (len(refs) - 1))[0]
 

@@ -65,10 +65,12 @@ class RolloutEngine:
         return run_episodes(episodes, self.generator.generate, self.retriever.search, self.tokenizer, settings)
 
 
-    def load_weights(self, state: dict[str, Any], version: int = 0) -> bool:
-        """Take new policy weights (the object-store sync; the GPU modes: kr1/run/weight_sync.py)."""
+    def load_weights(self, weights: dict[str, Any] | list[ray.ObjectRef], version: int = 0) -> bool:
+        """Take new policy weights: a state dict, or the learner's bucket refs, fetched and loaded one bucket
+        at a time (the object-store sync; the GPU modes: kr1/run/weight_sync.py)."""
         self.wake_up()
-        self.generator.load_state_dict(state)
+        parts = [weights] if isinstance(weights, dict) else (ray.get(ref) for ref in weights)
+        self.generator.load_state_dict(parts)
         self.weights_version = version
         return True
 

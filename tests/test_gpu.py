@@ -55,3 +55,16 @@ def test_nccl_sync_between_separate_pools(ray_session, tiny_model, retriever_poo
     cfg = load_config("default", ["cluster.gpus_per_node=2", "rollout.backend=vllm", "learner.weight_sync=nccl",
                                   "learner.lr=1e-2", "model.dtype=float32"])
     _sync_check(cfg, tiny_model, rollout_batch, retriever_pool)
+
+
+@gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_plan_holds_what_this_gpu_reserves(tmp_path):
+    """kr1.bench.gpu's measurement of the 0.5B row, full logits and chunks: the plan is never below it."""
+    from kr1.bench.gpu import CASES, case_config, measure, planned
+
+    for chunk in (0, 2048):
+        cfg = case_config(CASES["0.5b"], chunk, tmp_path)
+        plan, got = planned(cfg), measure(cfg)
+        for phase in ("reference", "update"):
+            assert got[phase]["reserved+context"] <= plan[phase], (chunk, phase, got, plan)

@@ -8,6 +8,8 @@
 | rollout | one batched multi-turn rollout | the same episodes one at a time | >= 10x tokens/s at batch 64 |
 | retrieval | Ray retriever pool, 1/2/4 shards | bm25s in-process; rank_bm25 | >= 0.8x bm25s; > 100x rank_bm25 |
 | memory | token-budget micro-batches | fixed rows per micro-batch | peak within 1.25x from 1x to 8x length |
+| logits | log-probs in chunks, 152k vocabulary | the full T x V logits | peak <= 0.4x; update time <= 1.15x |
+| sync | object-store sync in bf16 | the same in fp32 | half the bytes |
 | step | share of a driver step per phase | - | weight sync < 5% of the step |
 | overlap | reward beside the reference | reward, then reference | - |
 

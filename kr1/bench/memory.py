@@ -9,7 +9,7 @@ missing), run one `kr1.training.policy_update.train_step`, and report how far th
 above the resident memory before it. Token-budget micro-batches (`TokenBudgetBatcher`)
 are compared with a fixed number of rows per micro-batch, the count the budget gives
 at the shortest length, so the two start equal and only growth differs. Torch runs one
-thread, as in a learner actor, and glibc's mmap threshold is fixed (see `_run_child`):
+thread, as in a learner actor, and glibc's mmap threshold is fixed (see `run_child`):
 without both, the peak of identical runs varies.
 """
 
@@ -50,9 +50,23 @@ def _peak(reset: bool) -> float:
     return _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def random_model(vocab: int, hidden: int, seed: int = 0):
+    """A 2-layer Qwen2 of `vocab` tokens and width `hidden`, randomly initialised (nothing to download)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        tie_word_embeddings=True)).float()
+
+
 def measure(model_path: str, rows: int, prompt: int, response: int, budget: int | None,
-            rows_per_micro: int | None, seed: int = 0) -> dict[str, float]:
-    """Run in this (fresh) process: peak RSS of one train_step above the level after set-up, in MiB."""
+            rows_per_micro: int | None, seed: int = 0, chunk: int = 0) -> dict[str, float]:
+    """Run in this (fresh) process: peak RSS of one train_step above the level after set-up, in MiB, its
+    seconds and loss. `model_path` "random:VOCAB:HIDDEN" builds `random_model(VOCAB, HIDDEN)`."""
+    import time
+
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
@@ -64,7 +78,10 @@ def measure(model_path: str, rows: int, prompt: int, response: int, budget: int 
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)  # as in a learner actor: Ray sets OMP_NUM_THREADS to its one CPU
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if model_path.startswith("random:"):
+        model = random_model(*(int(x) for x in model_path.split(":")[1:]), seed=seed)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     rng = np.random.default_rng(seed)
     width = prompt + response
@@ -80,16 +97,21 @@ def measure(model_path: str, rows: int, prompt: int, response: int, budget: int 
     else:
         micro = [np.arange(i, min(i + rows_per_micro, rows)) for i in range(0, rows, rows_per_micro)]
     before, reset = _start_peak()
-    train_step(model, optimizer, batch, micro, normalizer=float(batch.num_loss_tokens), scale=1.0,
-               algo=load_config("default").algorithm, grad_clip=1.0, device=torch.device("cpu"))
+    start = time.perf_counter()
+    out = train_step(model, optimizer, batch, micro, normalizer=float(batch.num_loss_tokens), scale=1.0,
+                     algo=load_config("default").algorithm, grad_clip=1.0, device=torch.device("cpu"),
+                     chunk_tokens=chunk)
     return {"peak_mb": _peak(reset) - before, "baseline_mb": before, "micro_batches": len(micro),
-            "largest_micro_tokens": max(len(m) for m in micro) * width}
+            "largest_micro_tokens": max(len(m) for m in micro) * width, "seconds": time.perf_counter() - start,
+            "loss": out["loss"]}
 
 
-def _run_child(model_path: str, rows: int, prompt: int, response: int, strategy: str) -> dict[str, float]:
+def run_child(model_path: str, rows: int, prompt: int, response: int, strategy: str,
+              chunk: int = 0) -> dict[str, float]:
+    """`measure` in a fresh process (`strategy`: "budget:N" or "rows-per-micro:N")."""
     kind, value = strategy.split(":")
     cmd = [sys.executable, "-m", "kr1.bench.memory", "--model", model_path, "--rows", str(rows), "--prompt",
-           str(prompt), "--response", str(response), f"--{kind}", value]
+           str(prompt), "--response", str(response), f"--{kind}", value, "--chunk", str(chunk)]
     # glibc raises its mmap threshold as large blocks are freed, after which freed activations stay
     # resident and the peak varies by tens of percent between identical runs; a fixed threshold
     # (its default value) returns them to the OS, so RSS follows the live tensors
@@ -109,7 +131,7 @@ def memory_rows(model_path: str, rows: int, prompt: int, response: int, budget: 
     progress("memory: one process per config")
     # RSS is per process, so two configs can run side by side without touching each other's figures
     with ThreadPoolExecutor(2) as workers:
-        results = list(workers.map(lambda c: _run_child(model_path, rows, prompt, response * c[0],
+        results = list(workers.map(lambda c: run_child(model_path, rows, prompt, response * c[0],
                                                         strategies[c[1]]), configs))
     peak = {config: r for config, r in zip(configs, results)}
     out = []
@@ -131,15 +153,17 @@ def memory_rows(model_path: str, rows: int, prompt: int, response: int, budget: 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="peak RSS of one learner update (one configuration)")
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="model directory, or random:VOCAB:HIDDEN")
     parser.add_argument("--rows", type=int, required=True)
     parser.add_argument("--prompt", type=int, required=True)
     parser.add_argument("--response", type=int, required=True)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--budget", type=int, help="token budget per micro-batch (TokenBudgetBatcher)")
     group.add_argument("--rows-per-micro", type=int, help="fixed rows per micro-batch")
+    parser.add_argument("--chunk", type=int, default=0, help="learner.logits_chunk_tokens")
     args = parser.parse_args(argv)
-    result = measure(args.model, args.rows, args.prompt, args.response, args.budget, args.rows_per_micro)
+    result = measure(args.model, args.rows, args.prompt, args.response, args.budget, args.rows_per_micro,
+                     chunk=args.chunk)
     print(json.dumps({k: v if math.isfinite(v) else None for k, v in result.items()}))
 
 

@@ -18,7 +18,7 @@ from kr1.config import load_config
 from kr1.data import load_questions
 from kr1.run.assets import resolve_assets, synthetic_world
 
-BENCHMARKS = ("rollout", "retrieval", "memory", "step", "overlap")
+BENCHMARKS = ("rollout", "retrieval", "memory", "logits", "sync", "step", "overlap")
 LARGE_PEOPLE = 60000  # people in the full-size retrieval corpus: ~115k passages
 
 
@@ -32,14 +32,16 @@ class BenchSize:
     memory_prompt: int
     memory_response: int  # 1x response length; also run at 4x and 8x
     memory_budget: int | None  # token budget; None: the config's learner.token_budget
+    logits_tokens: tuple[int, ...]  # update lengths of the logits benchmark (152k vocabulary)
+    logits_chunk: int  # its learner.logits_chunk_tokens
     steps: int  # driver steps of the step breakdown
     config_overrides: tuple[str, ...]  # dotted overrides of the default config, for every benchmark
     large_corpus: bool  # retrieval on the ~115k-passage corpus (else the world's own corpus)
 
 
 SIZES = {
-    "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, 3, (), True),
-    "tiny": BenchSize(8, 200, 5, 1, 32, 16, 16, 1024, 2,
+    "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, (2048, 4096), 1024, 3, (), True),
+    "tiny": BenchSize(8, 200, 5, 1, 32, 16, 16, 1024, (256, 512), 128, 2,
                       ("trainer.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_turns=2"), False),
 }
 
@@ -90,6 +92,16 @@ def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, in
             budget = s.memory_budget or cfg.learner.token_budget
             rows += memory_rows(assets.model_path, s.memory_rows, s.memory_prompt, s.memory_response, budget,
                                 progress)
+            bar.update()
+        if "logits" in only:
+            from kr1.bench.logits import logits_rows
+
+            rows += logits_rows(s.logits_tokens, s.logits_chunk, progress)
+            bar.update()
+        if "sync" in only:
+            from kr1.bench.sync import sync_rows
+
+            rows += sync_rows(assets.model_path, progress)
             bar.update()
         if "step" in only or "overlap" in only:
             from kr1.bench.training import overlap_rows, phase_times, step_rows

@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ class Generator(Protocol):
     def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float,
                  top_p: float) -> list[list[int]]: ...
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+    def load_state_dict(self, parts: Iterable[dict[str, torch.Tensor]]) -> None: ...
 
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]: ...
 
@@ -108,11 +108,17 @@ class HFGenerator:
         new = out[:, width:].tolist()
         return [cut_at_stop(ids, self.tokenizer, self.end_ids, limit) for ids, limit in zip(new, max_new_tokens)]
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied lm_head may be absent
-            raise ValueError(f"weights do not fit the engine's model: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
+    def load_state_dict(self, parts: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Load a state dict given in parts (buckets), casting to the model's dtype; every weight once."""
+        loaded: set[str] = set()
+        for part in parts:
+            unexpected = self.model.load_state_dict(part, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"weights do not fit the engine's model: unexpected {unexpected[:3]}")
+            loaded.update(part)
+        missing = [k for k in self.model.state_dict() if k not in loaded and "lm_head" not in k]
+        if missing:  # a tied lm_head may be absent
+            raise ValueError(f"weights do not fit the engine's model: missing {missing[:3]}")
 
     @torch.no_grad()
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
@@ -191,9 +197,11 @@ class VLLMGenerator:
         return [cut_at_stop(list(o.outputs[0].token_ids), self.tokenizer, self.end_ids, limit)
                 for o, limit in zip(outputs, max_new_tokens)]
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load Hugging Face-named weights into the running engine (CPU path; GPU modes in weight_sync)."""
-        self.llm.collective_rpc(_load_weights_into_worker, args=(state,))
+    def load_state_dict(self, parts: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Load Hugging Face-named weights, part by part, into the running engine (CPU path; GPU modes in
+        weight_sync)."""
+        for part in parts:
+            self.llm.collective_rpc(_load_weights_into_worker, args=(part,))
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
 
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:

@@ -17,6 +17,11 @@ from kr1.training.sharded_model import load_causal_lm
 from kr1.training.token_budget import TokenBudgetBatcher
 
 
+def synced_weights(group) -> dict:
+    """The weights the object-store sync ships, its buckets merged."""
+    return {name: tensor for ref in ray.get(group.state_dict_ref()) for name, tensor in ray.get(ref).items()}
+
+
 def _cfg(**overrides):
     items = {"learner.lr": "1e-4", "learner.token_budget": "100000", "reference.placement": "separate", **overrides}
     return load_config("default", [f"{k}={v}" for k, v in items.items()])
@@ -29,7 +34,7 @@ def _update(cfg, tiny_model, batch, check=None):
         metrics = group.update(batch)
         if check is not None:
             check(group)
-        return metrics, ray.get(group.state_dict_ref())
+        return metrics, synced_weights(group)
     finally:
         group.close()
 

@@ -86,8 +86,10 @@ def test_hf_and_vllm_give_the_same_greedy_episodes_of_a_checkpoint(policy, vllm_
 
 @pytest.fixture(scope="module")
 def updated_learner(ray_session, tiny_model, rollout_batch):
-    """The learner group (two ranks) after one large step (lr 1e-2): old engine weights now disagree clearly."""
-    cfg = load_config("default", ["learner.lr=1e-2", "learner.token_budget=100000", "reference.placement=separate"])
+    """The learner group (two ranks) after one large step (lr 1e-2): old engine weights now disagree clearly.
+    It ships its weights in 1 MiB buckets: several for the tiny model."""
+    cfg = load_config("default", ["learner.lr=1e-2", "learner.token_budget=100000", "reference.placement=separate",
+                                  "learner.sync_bucket_mb=1"])
     group = LearnerGroup(cfg, str(tiny_model))
     group.update(rollout_batch)
     yield group
@@ -108,9 +110,42 @@ def test_object_store_sync_makes_engine_and_learner_agree(request, tiny_model, r
     finally:
         if backend == "hf":
             engines.close()
+    assert len(ray.get(engines.state_ref)) >= 3  # the sync went bucket by bucket
     learner = updated_learner.logprobs(rollout_batch.select([0]))[0, 1:len(sequence[0])]
     assert np.abs(stale - learner).max() > 1e-2
     np.testing.assert_allclose(fresh, learner, atol=2e-4)
+
+
+def test_a_bf16_model_syncs_in_bf16_half_the_bytes(ray_session, tiny_model, rollout_batch, retriever_pool):
+    """FSDP2 keeps fp32 master weights; an engine serving bf16 gets bf16, in buckets: half of fp32's bytes."""
+    cfg = load_config("default", ["model.dtype=bfloat16", "learner.num_workers=1", "learner.lr=1e-2",
+                                  "reference.placement=none", "learner.sync_bucket_mb=1"])
+    group = LearnerGroup(cfg, str(tiny_model))
+    engines = RolloutEnginePool(cfg, str(tiny_model), retriever_pool, num_cpus=0.5)
+    try:
+        group.update(rollout_batch)
+        make_weight_sync("object_store").sync(group, engines)
+        parts = [ray.get(ref) for ref in ray.get(engines.state_ref)]
+        sequence = [rollout_batch.input_ids[0, :int(rollout_batch.lengths[0])].tolist()]
+        engine = np.array(engines.sequence_logprobs(sequence)[0][0])
+        learner = group.logprobs(rollout_batch.select([0]))[0, 1:len(sequence[0])]
+        master = ray.get(group.workers[0].full_state_dict.remote())
+    finally:
+        engines.close()
+        group.close()
+    shipped = [t for part in parts for t in part.values()]
+    assert len(parts) >= 2 and {t.dtype for t in shipped} == {torch.bfloat16}
+    assert sum(t.numel() * t.element_size() for t in shipped) * 2 == \
+        sum(t.numel() * t.element_size() for t in master.values())
+    for name, value in master.items():  # what arrived is the learner's weights, rounded to bf16
+        torch.testing.assert_close(next(p[name] for p in parts if name in p), value.to(torch.bfloat16))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    local.load_state_dict({k: v.to(torch.bfloat16) for k, v in master.items()}, strict=False)
+    want = HFGenerator(str(tiny_model), model=local, tokenizer=AutoTokenizer.from_pretrained(tiny_model))
+    np.testing.assert_allclose(engine, want.sequence_logprobs(sequence)[0], atol=1e-3)  # the bf16 model it holds
+    assert np.abs(engine - learner).mean() < 0.05  # and that is the fp32 learner's, within bf16 rounding
 
 
 def _perturbed_state(model_path):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from kr1.bench.__main__ import main
 from kr1.bench.table import parse_table
 
-ROWS_PER_BENCHMARK = {"rollout batching": 1, "retrieval": 4, "learner memory": 4, "step breakdown": 8, "overlap": 2}
+ROWS_PER_BENCHMARK = {"rollout batching": 1, "retrieval": 4, "learner memory": 4, "learner logits": 4,
+                      "weight sync": 2, "step breakdown": 8, "overlap": 2}
 
 
 def test_tiny_bench_prints_every_row_with_a_numeric_ratio(ray_session, world_dir, index_factory, tiny_model,
@@ -32,3 +35,22 @@ def test_tiny_bench_prints_every_row_with_a_numeric_ratio(ray_session, world_dir
     assert float(by_setting["retrieval, inside the rollout"]["ratio"]) > 0  # Episode.search_seconds was timed
     assert all(float(r["ratio"]) > 0 for r in table if r["benchmark"] == "learner memory")
     assert by_setting["retrieval ‖ generation inside the rollout"]["kr1"] == "not overlapped"
+
+
+def test_the_gpu_check_prints_the_plan_anywhere_and_measures_only_on_cuda(capsys, monkeypatch):
+    from kr1.bench.gpu import main as gpu_main
+    from kr1.errors import run_cli
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)  # the learner's default: expandable segments
+    gpu_main(["--plan-only", "--rows", "0.5b", "--chunk", "0", "2048"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {tuple(c.strip() for c in line.split("|")[1:5]): line.split("|")[5].strip() for line in lines
+            if line.startswith("| 0.5b")}
+    assert rows[("0.5b", "8192", "0", "update")] == "32.47"  # the plan the H100 table was measured against
+    assert float(rows[("0.5b", "8192", "2048", "update")]) < 0.6 * 32.47  # the logits term in chunks
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as stopped:
+            run_cli(lambda: gpu_main([]))
+        assert stopped.value.code == 2 and "measures a CUDA GPU" in capsys.readouterr().err
