@@ -29,12 +29,14 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class DataConfig:
-    # synthetic: the bundled fictional world; 2wiki: prepared 2WikiMultihopQA parquet files
+    # synthetic: the bundled fictional world; files (or 2wiki, its old name): the question files below, e.g.
+    # prepared 2WikiMultihopQA or benchmark parquet
     name: str = "synthetic"
     # built inputs (world, index, model) are cached here; "~" and env vars expand
     cache_dir: str = "~/.cache/kr1"
-    # explicit question files (JSONL or parquet); null = derived from `name` and cache_dir
-    train_path: str | None = None
+    # explicit question files (JSONL or parquet); null = derived from `name` and cache_dir. train_path may be a
+    # list of files: a mixture (e.g. NQ + HotpotQA), shuffled together by trainer.seed
+    train_path: Any = None
     dev_path: str | None = None
     test_path: str | None = None
     # which split `kr1.eval` reads
@@ -207,7 +209,7 @@ class Config:
 
 # values outside these sets are rejected at load time, not deep inside a run
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.name": ("synthetic", "2wiki"),
+    "data.name": ("synthetic", "files", "2wiki"),
     "data.split": ("train", "dev", "test"),
     "retriever.backend": ("numba", "numpy"),
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -258,6 +260,10 @@ def _merge(base: Any, layer: Any, origin: str) -> Any:
 
 
 def _validate(cfg: Config) -> None:
+    train = cfg.data.train_path
+    if train is not None and not isinstance(train, str) and not (
+            isinstance(train, list) and train and all(isinstance(p, str) and p for p in train)):
+        raise ConfigError(f"bad value for 'data.train_path': {train!r} (a file, or a non-empty list of files)")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

@@ -2,9 +2,9 @@
 
 Questions follow the 2WikiMultihopQA schema of the hub dataset `hzy/kr1_2wiki`:
 `problem` (the question) and `golden_answers` (a list of accepted aliases), plus the
-optional `id`, `type` and `supporting_titles`. They are read from JSONL or parquet;
-every row is validated and a bad one raises `DataError` naming the file, the row
-(1-based) and the field.
+optional `id`, `type`, `supporting_titles` and `dataset` (the benchmark a row came
+from). They are read from JSONL or parquet; every row is validated and a bad one
+raises `DataError` naming the file, the row (1-based) and the field.
 
 Corpora are JSONL in the wiki2018 layout, one passage a line: either
 `{"id", "title", "text"}` or `{"id", "contents"}` where the first line of `contents`
@@ -24,7 +24,8 @@ import numpy as np
 from kr1.atomic_write import atomic_file
 from kr1.errors import UserError
 
-QUESTION_TYPES = ("compositional", "comparison", "inference", "bridge_comparison", "single_hop", "")
+# 2WikiMultihopQA's four, HotpotQA's bridge, and the warm start's single-hop questions
+QUESTION_TYPES = ("compositional", "comparison", "inference", "bridge_comparison", "bridge", "single_hop", "")
 
 
 class DataError(UserError, ValueError):
@@ -42,6 +43,8 @@ class QARecord:
     type: str = ""
     # titles of the passages whose facts the answer needs (empty when unknown)
     supporting_titles: list[str] = field(default_factory=list)
+    # the benchmark it came from (nq, hotpotqa, ...; "" for a single-source file), for mixtures' metrics
+    dataset: str = ""
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,16 +83,17 @@ def _string_list(value: Any, where: str, name: str, allow_empty: bool) -> list[s
     return items
 
 
-def validate_question(row: Any, where: str, default_id: str) -> QARecord:
-    """Check one raw row against the question schema; `where` is 'file: row N'."""
+def validate_question(row: Any, where: str, default_id: str, question_field: str = "problem") -> QARecord:
+    """Check one raw row against the question schema; `where` is 'file: row N'. `question_field` names the
+    question's field in the source (FlashRAG's files call it `question`)."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if "problem" not in row:
-        raise DataError(f"{where}: missing field 'problem'")
-    problem = row["problem"]
+    if row.get(question_field) is None:
+        raise DataError(f"{where}: missing field '{question_field}'")
+    problem = row[question_field]
     if not isinstance(problem, str) or not problem.strip():
-        raise DataError(f"{where}: field 'problem' must be a non-empty string")
-    if "golden_answers" not in row:
+        raise DataError(f"{where}: field '{question_field}' must be a non-empty string")
+    if row.get("golden_answers") is None:
         raise DataError(f"{where}: missing field 'golden_answers'")
     answers = _string_list(row["golden_answers"], where, "golden_answers", allow_empty=False)
     raw_id = row.get("id")
@@ -101,7 +105,10 @@ def validate_question(row: Any, where: str, default_id: str) -> QARecord:
     if qtype not in QUESTION_TYPES:
         raise DataError(f"{where}: field 'type' is {qtype!r}, not one of {', '.join(t for t in QUESTION_TYPES if t)}")
     titles = _string_list(row.get("supporting_titles") or [], where, "supporting_titles", allow_empty=True)
-    return QARecord(str(raw_id), problem.strip(), answers, qtype, titles)
+    dataset = row.get("dataset") or ""
+    if not isinstance(dataset, str):
+        raise DataError(f"{where}: field 'dataset' must be a string")
+    return QARecord(str(raw_id), problem.strip(), answers, qtype, titles, dataset)
 
 
 def validate_questions(numbered_rows: Iterable[tuple[int, Any]], origin: str) -> list[QARecord]:
@@ -151,6 +158,21 @@ def load_questions(path: str | Path) -> list[QARecord]:
     return validate_questions(_jsonl_rows(path), str(path))
 
 
+def load_question_files(paths: Sequence[str | Path]) -> list[QARecord]:
+    """Several question files as one list (a training mixture), in the given order; an id in two files
+    is an error naming both."""
+    records: list[QARecord] = []
+    owner: dict[str, Path] = {}
+    for path in map(Path, paths):
+        for record in load_questions(path):
+            if record.id in owner:
+                raise DataError(f"{path}: field 'id' {record.id!r} is also in {owner[record.id]} "
+                                "(prepare benchmarks with pipelines.prepare_benchmarks: it prefixes ids)")
+            owner[record.id] = path
+            records.append(record)
+    return records
+
+
 def write_questions_parquet(target: Path, records: Sequence[QARecord]) -> None:
     """Write validated questions as parquet, atomically."""
     import pyarrow as pa
@@ -158,7 +180,7 @@ def write_questions_parquet(target: Path, records: Sequence[QARecord]) -> None:
 
     schema = pa.schema([
         ("id", pa.string()), ("problem", pa.string()), ("golden_answers", pa.list_(pa.string())),
-        ("type", pa.string()), ("supporting_titles", pa.list_(pa.string())),
+        ("type", pa.string()), ("supporting_titles", pa.list_(pa.string())), ("dataset", pa.string()),
     ])
     table = pa.Table.from_pylist([r.to_row() for r in records], schema=schema)
     with atomic_file(target, "wb") as handle:

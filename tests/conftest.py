@@ -196,9 +196,25 @@ def untrained_run_overrides(run_overrides, untrained_model):
 
 
 @pytest.fixture(scope="session")
-def trained_run_overrides(run_overrides, tiny_model):
-    """The trained run's overrides for another output directory (a resumed twin)."""
-    return lambda out, **extra: run_overrides(out, tiny_model, **{**TRAINED_RUN, **extra})
+def mixed_train(world_dir, tmp_path_factory) -> list[Path]:
+    """The world's train questions as a two-file mixture, as NQ + HotpotQA would be."""
+    import json
+
+    rows = [json.loads(line) for line in (world_dir / "train.jsonl").read_text().splitlines()]
+    out = tmp_path_factory.mktemp("mixture")
+    files = []
+    for name, part in (("first", rows[0::2]), ("second", rows[1::2])):
+        files.append(out / f"{name}.jsonl")
+        files[-1].write_text("".join(json.dumps({**r, "dataset": name}) + "\n" for r in part))
+    return files
+
+
+@pytest.fixture(scope="session")
+def trained_run_overrides(run_overrides, tiny_model, mixed_train):
+    """The trained run's overrides for another output directory (a resumed twin): it trains on a mixture."""
+    mixture = "[" + ",".join(map(str, mixed_train)) + "]"
+    return lambda out, **extra: run_overrides(out, tiny_model, **{**TRAINED_RUN, "data.train_path": mixture,
+                                                                  **extra})
 
 
 @dataclass

@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kr1.data import DataError, load_corpus, load_questions
+from kr1.config import ConfigError, load_config
+from kr1.data import DataError, load_corpus, load_question_files, load_questions
+from kr1.training.prompt_loader import PromptLoader
 
 GOOD = {"id": "q1", "problem": "Who directed The Amber Lantern?", "golden_answers": ["Arlen Voss", "A. Voss"]}
 
@@ -92,3 +94,29 @@ def test_bad_corpus_row(tmp_path, bad_row, message):
 def test_empty_corpus(tmp_path):
     with pytest.raises(DataError, match="corpus is empty"):
         load_corpus(_jsonl(tmp_path / "c.jsonl", []))
+
+
+def test_a_mixture_reads_its_files_in_order_and_shuffles_them_together_by_seed(tmp_path):
+    files = []
+    for name in ("nq", "hotpotqa"):
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text("".join(json.dumps({"id": f"{name}-{i}", "problem": f"q{i}?", "golden_answers": ["a"],
+                                                 "dataset": name}) + "\n" for i in range(6)))
+    mixture = load_question_files(files)
+    assert [q.id for q in mixture] == [f"nq-{i}" for i in range(6)] + [f"hotpotqa-{i}" for i in range(6)]
+    first, again = PromptLoader(mixture, per_step=4, seed=3), PromptLoader(load_question_files(files), 4, 3)
+    steps = [[q.id for q in first.batch(s)] for s in range(3)]
+    assert steps == [[q.id for q in again.batch(s)] for s in range(3)]  # a resumed run reads the same
+    assert sorted(sum(steps, [])) == sorted(q.id for q in mixture)  # one epoch: every question once
+    assert {q.dataset for q in first.batch(0) + first.batch(1)} == {"nq", "hotpotqa"}
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text(json.dumps({"id": "nq-2", "problem": "q?", "golden_answers": ["a"]}) + "\n")
+    with pytest.raises(DataError, match=f"^{clash}: field 'id' 'nq-2' is also in {files[0]}"):
+        load_question_files([*files, clash])
+
+
+@pytest.mark.parametrize("value", ["[]", "[a.jsonl,3]", "{a: 1}"])
+def test_train_path_is_one_file_or_a_list_of_files(value):
+    assert load_config("default", ["data.train_path=[a.jsonl,b.parquet]"]).data.train_path == ["a.jsonl", "b.parquet"]
+    with pytest.raises(ConfigError, match="bad value for 'data.train_path'"):
+        load_config("default", [f"data.train_path={value}"])

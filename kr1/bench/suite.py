@@ -72,7 +72,7 @@ def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, in
         if "rollout" in only:
             from kr1.bench.training import rollout_rows
 
-            questions = load_questions(assets.split_path("train"))[:s.rollout_batch]
+            questions = assets.questions("train")[:s.rollout_batch]
             rows += rollout_rows(cfg, assets.model_path, assets.index_dir, questions, progress)
             bar.update()
         if "retrieval" in only:
@@ -80,10 +80,10 @@ def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, in
 
             if corpus is None:
                 world_dir = (synthetic_world(cache_dir, 0, LARGE_PEOPLE) if s.large_corpus
-                             else assets.split_path("train").parent)
+                             else assets.split_paths("train")[0].parent)
                 corpus = world_dir / "corpus.jsonl"
             split = corpus.parent / "train.jsonl"
-            queries = [q.problem for q in load_questions(split if split.is_file() else assets.split_path("train"))]
+            queries = [q.problem for q in (load_questions(split) if split.is_file() else assets.questions("train"))]
             rows += retrieval_rows(corpus, queries[:s.queries], cache_dir, s.rank_bm25_queries, s.repeats, progress)
             bar.update()
         if "memory" in only:

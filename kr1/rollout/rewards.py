@@ -1,4 +1,4 @@
-"""Reward functions: exact match, token F1 and format, weighted into one scalar per episode.
+"""Reward functions: exact match, token F1, cover EM and format, weighted into one scalar per episode.
 
 Each reward is a plain function `score(answers, golds, **meta) -> list[float]` where
 `answers` are the episodes' final answers (None when an episode never answered) and
@@ -39,6 +39,15 @@ def exact_match(answer: str | None, golds: Sequence[str]) -> float:
     return float(any(prediction == normalize_answer(g) for g in golds))
 
 
+def cover_exact_match(answer: str | None, golds: Sequence[str]) -> float:
+    """1 when a normalised gold alias appears, on word boundaries, inside the normalised answer (Search-R1's
+    and FlashRAG's "cover EM" / sub-EM: credit for a right answer said at length)."""
+    if answer is None:
+        return 0.0
+    prediction = f" {normalize_answer(answer)} "
+    return float(any(f" {g} " in prediction for g in map(normalize_answer, golds) if g))
+
+
 def token_f1(answer: str | None, golds: Sequence[str]) -> float:
     if answer is None:
         return 0.0
@@ -61,22 +70,27 @@ def f1_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], **m
     return [token_f1(a, g) for a, g in zip(answers, golds)]
 
 
+def cover_em_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], **meta: Any) -> list[float]:
+    return [cover_exact_match(a, g) for a, g in zip(answers, golds)]
+
+
 def format_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], *,
                   invalid_actions: Sequence[int], **meta: Any) -> list[float]:
     """1 for an episode that ended with a well-formed answer and no invalid action, else 0."""
     return [float(a is not None and n == 0) for a, n in zip(answers, invalid_actions)]
 
 
-REWARD_FUNCTIONS: dict[str, RewardFn] = {"em": em_reward, "f1": f1_reward, "format": format_reward}
+REWARD_FUNCTIONS: dict[str, RewardFn] = {"em": em_reward, "f1": f1_reward, "cover_em": cover_em_reward,
+                                         "format": format_reward}
 
 
 def combined_rewards(answers: Sequence[str | None], golds: Sequence[Sequence[str]], weights: Mapping[str, float],
                      **meta: Any) -> tuple[list[float], dict[str, list[float]]]:
-    """Weighted sum of the named rewards, and each part (EM and F1 always, for logging)."""
+    """Weighted sum of the named rewards, and each part (EM, F1 and cover EM always, for logging)."""
     unknown = set(weights) - set(REWARD_FUNCTIONS)
     if unknown:
         raise ValueError(f"unknown reward(s) {sorted(unknown)} (known: {sorted(REWARD_FUNCTIONS)})")
-    names = sorted(set(weights) | {"em", "f1"})
+    names = sorted(set(weights) | {"em", "f1", "cover_em"})
     parts = {name: REWARD_FUNCTIONS[name](answers, golds, **meta) for name in names}
     total = [sum(weights.get(name, 0.0) * parts[name][i] for name in names) for i in range(len(answers))]
     return total, parts
@@ -90,6 +104,7 @@ class EpisodeScores:
     em: np.ndarray  # (B,) float32 exact match against the best alias
     f1: np.ndarray  # (B,) float32 token F1 against the best alias
     format: np.ndarray  # (B,) float32 1 = answered with no invalid action
+    cover_em: np.ndarray  # (B,) float32 a gold alias inside the answer
 
 
 def reward_weights(cfg: RewardConfig) -> dict[str, float]:
@@ -106,4 +121,5 @@ def score_episodes(episodes: Sequence[Any], golds: Mapping[str, Sequence[str]],
     total, parts = combined_rewards(answers, [golds[e.question_id] for e in episodes],
                                     {"format": 0.0, **weights}, invalid_actions=[e.num_invalid for e in episodes])
     as_array = lambda values: np.asarray(values, dtype=np.float32)  # noqa: E731
-    return EpisodeScores(as_array(total), as_array(parts["em"]), as_array(parts["f1"]), as_array(parts["format"]))
+    return EpisodeScores(as_array(total), as_array(parts["em"]), as_array(parts["f1"]), as_array(parts["format"]),
+                         as_array(parts["cover_em"]))

@@ -1,12 +1,12 @@
 """Find, or build when missing, what a run reads: question files, the BM25 index, the model.
 
     assets = resolve_assets(cfg)     # builds the synthetic world, index and tiny model on first use
-    assets.split_path("dev"), assets.index_dir, assets.model_path
+    assets.questions("train"), assets.split_paths("dev"), assets.index_dir, assets.model_path
 
 For `data.name=synthetic` everything is derived from the config and cached under
 `data.cache_dir`, keyed by the settings that shape it, so reruns reuse it. For
 `data.name=2wiki` the paths come from the config and must exist (or the index is
-built from `retriever.corpus_path`).
+built from `retriever.corpus_path`). `data.train_path` may list several files: a mixture.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kr1.config import Config, ConfigError, expand_path
-from kr1.data import DataError
+from kr1.data import DataError, QARecord, load_question_files
 from kr1.retrieval.index import BM25IndexError, IndexManifest, check_index
 from pipelines.build_index import build_index
 from pipelines.synthetic_world import WORLD_VERSION, generate
@@ -32,14 +32,18 @@ def _note(message: str) -> None:
 
 @dataclass
 class Assets:
-    question_paths: dict[str, Path]  # split -> question file
+    question_paths: dict[str, list[Path]]  # split -> its question files (several: a mixture)
     index_dir: Path
     model_path: str
 
-    def split_path(self, split: str) -> Path:
+    def split_paths(self, split: str) -> list[Path]:
         if split not in self.question_paths:
             raise ConfigError(f"no question file for split {split!r}; set data.{split}_path")
         return self.question_paths[split]
+
+    def questions(self, split: str) -> list[QARecord]:
+        """The split's questions, a mixture's files one after another (the prompt loader shuffles them)."""
+        return load_question_files(self.split_paths(split))
 
 
 def synthetic_world(cache_dir: str | Path, seed: int, people: int, progress: bool = False) -> Path:
@@ -100,30 +104,32 @@ def resolve_assets(cfg: Config, progress: bool = True) -> Assets:
     """Paths of every input of a run, building the embedded default's on first use."""
     d = cfg.data
     explicit = {s: getattr(d, f"{s}_path") for s in ("train", "dev", "test")}
+    explicit = {s: [p] if isinstance(p, str) else p for s, p in explicit.items()}  # one file or a mixture
     if d.name == "synthetic":
         world = synthetic_world(expand_path(d.cache_dir), d.synthetic_seed, d.synthetic_people, progress)
-        paths = {s: expand_path(p) if p else world / f"{s}.jsonl" for s, p in explicit.items()}
+        paths = {s: [expand_path(x) for x in p] if p else [world / f"{s}.jsonl"] for s, p in explicit.items()}
         corpus = expand_path(cfg.retriever.corpus_path) if cfg.retriever.corpus_path else world / "corpus.jsonl"
         default_index = world.parent / f"{world.name}-index{cfg.retriever.num_shards}"
         index = _index(cfg, corpus, default_index, progress)
         model = cfg.model.path or _bootstrapped_model(cfg, world, index, progress)
     else:
-        paths = {s: expand_path(p) for s, p in explicit.items() if p}
+        paths = {s: [expand_path(x) for x in p] for s, p in explicit.items() if p}
         corpus = expand_path(cfg.retriever.corpus_path) if cfg.retriever.corpus_path else None
         index = _index(cfg, corpus, None, progress)
         if not cfg.model.path:
             raise ConfigError("model.path is not set (a hub id such as Qwen/Qwen2.5-1.5B-Instruct, or a directory)")
         model = cfg.model.path
-    for split, path in paths.items():
-        if not path.is_file():
-            raise DataError(f"{path}: question file for split {split!r} not found")
+    for split, files in paths.items():
+        for path in files:
+            if not path.is_file():
+                raise DataError(f"{path}: question file for split {split!r} not found")
     check_index(index, cfg.retriever.num_shards)  # a mismatched index fails here, before any actor starts
     if cfg.model.path:
-        model = _model_path(cfg.model.path)
+        model = resolve_model_path(cfg.model.path)
     return Assets(paths, index, model)
 
 
-def _model_path(path: str) -> str:
+def resolve_model_path(path: str) -> str:
     """A local model directory (checked now, not inside an actor later) or a hub id."""
     local = expand_path(path)
     if local.exists():

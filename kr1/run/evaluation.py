@@ -2,25 +2,30 @@
 
     metrics, rows = evaluate(cfg, questions, engines)      # inside a training run, on its engines
     result = evaluate_model(cfg, limit=100)                # `python -m kr1.eval`: starts its own pools
+    results = evaluate_benchmarks(cfg, "data/benchmarks", ["nq", "hotpotqa"], models=["a", "b"])
 
 One episode per question, played greedily through the rollout engines and the retriever
-pool; metrics are those of `kr1.run.metrics.episode_metrics` plus EM per question type.
+pool; metrics are those of `kr1.run.metrics.episode_metrics` plus EM per question type and
+the number of questions. Benchmarks (written by `pipelines.prepare_benchmarks`) share one
+retriever; each model gets its own engines and plays every benchmark's questions in one batch.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from kr1.cluster import ensure_ray
 from kr1.config import Config
-from kr1.data import QARecord, load_questions
+from kr1.data import DataError, QARecord, load_questions
 from kr1.rollout.rewards import EpisodeScores, reward_weights, score_episodes
-from kr1.run.assets import resolve_assets
+from kr1.run.assets import resolve_assets, resolve_model_path
 from kr1.run.metrics import episode_metrics
 from kr1.run.pools import start_engines, start_retriever
+from pipelines.prepare_benchmarks import EVAL_SPLITS, MANIFEST
 
 
 def trajectory_rows(episodes: Sequence[Any], questions: Sequence[QARecord], scores: EpisodeScores) -> list[dict]:
@@ -41,15 +46,30 @@ def trajectory_rows(episodes: Sequence[Any], questions: Sequence[QARecord], scor
 
 def evaluate(cfg: Config, questions: Sequence[QARecord], engines: Any) -> tuple[dict[str, float], list[dict]]:
     """Greedy episodes for `questions` through an engine pool; (metrics, trajectory rows)."""
+    return evaluate_groups(cfg, {"": questions}, engines)[""]
+
+
+def evaluate_groups(cfg: Config, groups: Mapping[str, Sequence[QARecord]],
+                    engines: Any) -> dict[str, tuple[dict[str, float], list[dict]]]:
+    """Every group's questions played in one batch (ids unique across groups), scored per group."""
+    questions = [q for group in groups.values() for q in group]
+    if len({q.id for q in questions}) < len(questions):
+        raise DataError(f"question ids repeat across {', '.join(groups)} "
+                        "(prepare them with pipelines.prepare_benchmarks)")
     episodes = engines.rollout(questions, n_samples=1, greedy=True)
-    golds = {q.id: q.golden_answers for q in questions}
-    scores = score_episodes(episodes, golds, reward_weights(cfg.reward))
-    metrics = episode_metrics(episodes, scores)
-    types = {q.id: q.type for q in questions}
-    for qtype in sorted({t for t in types.values() if t}):
-        picked = [i for i, e in enumerate(episodes) if types[e.question_id] == qtype]
-        metrics[f"em_{qtype}"] = 100.0 * float(scores.em[picked].mean())
-    return metrics, trajectory_rows(episodes, questions, scores)
+    by_id = {e.question_id: e for e in episodes}
+    weights = reward_weights(cfg.reward)
+    out = {}
+    for name, group in groups.items():
+        picked = [by_id[q.id] for q in group]
+        scores = score_episodes(picked, {q.id: q.golden_answers for q in group}, weights)
+        metrics = {**episode_metrics(picked, scores), "n": float(len(group))}
+        types = {q.id: q.type for q in group}
+        for qtype in sorted({t for t in types.values() if t}):
+            mask = [types[e.question_id] == qtype for e in picked]
+            metrics[f"em_{qtype}"] = 100.0 * float(scores.em[mask].mean())
+        out[name] = (metrics, trajectory_rows(picked, group, scores))
+    return out
 
 
 @dataclass
@@ -57,7 +77,7 @@ class ModelEvaluation:
     """One model on one split: its table row, every trajectory, and how long it took."""
 
     model: str  # the model's directory name or hub id
-    split: str
+    split: str  # the question split, or the benchmark's name
     metrics: dict[str, float]
     rows: list[dict]
     seconds: float
@@ -66,7 +86,7 @@ class ModelEvaluation:
 def evaluate_model(cfg: Config, limit: int | None = None) -> ModelEvaluation:
     """Find the inputs, start a retriever and engine pool for `model.path`, and evaluate `data.split`."""
     assets = resolve_assets(cfg)
-    questions = load_questions(assets.split_path(cfg.data.split))[:limit]
+    questions = assets.questions(cfg.data.split)[:limit]
     ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host)
     retriever = start_retriever(cfg.retriever, assets.index_dir)
     engines = start_engines(cfg, assets.model_path, retriever)
@@ -78,3 +98,58 @@ def evaluate_model(cfg: Config, limit: int | None = None) -> ModelEvaluation:
         engines.close()
         retriever.close()
     return ModelEvaluation(Path(assets.model_path).name, cfg.data.split, metrics, rows, seconds)
+
+
+def benchmark_paths(benchmark_dir: str | Path, names: Sequence[str]) -> dict[str, Path]:
+    """The evaluation split's file of each named benchmark (["all"]: the seven) in a directory
+    `pipelines.prepare_benchmarks` wrote."""
+    root = Path(benchmark_dir)
+    names = list(EVAL_SPLITS) if list(names) == ["all"] else names
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: not found (write it with python -m pipelines.prepare_benchmarks --out {root})")
+    prepared = json.loads(manifest.read_text())["benchmarks"]
+    paths = {}
+    for name in names:
+        if name not in EVAL_SPLITS:
+            raise DataError(f"unknown benchmark {name!r} (known: {', '.join(EVAL_SPLITS)})")
+        split = EVAL_SPLITS[name]
+        if split not in prepared.get(name, {}).get("counts", {}):
+            raise DataError(f"{manifest}: benchmark {name!r} ({split} split) was not prepared here")
+        paths[name] = root / name / f"{split}.parquet"
+    return paths
+
+
+def model_labels(models: Sequence[str]) -> list[str]:
+    """Short distinct names for model paths: the last path component, or as many as tell them apart."""
+    for depth in range(1, max(len(Path(m).parts) for m in models) + 1):
+        labels = ["/".join(Path(m).parts[-depth:]) for m in models]
+        if len(set(labels)) == len(labels):
+            return labels
+    return list(models)
+
+
+def evaluate_benchmarks(cfg: Config, benchmark_dir: str | Path, names: Sequence[str],
+                        models: Sequence[str] = (), limit: int | None = None) -> list[ModelEvaluation]:
+    """Each model (default: `model.path`) on the first `limit` questions of each benchmark, one retriever for
+    all; a ModelEvaluation per (model, benchmark), in model then benchmark order."""
+    groups = {name: load_questions(path)[:limit] for name, path in benchmark_paths(benchmark_dir, names).items()}
+    assets = resolve_assets(cfg)
+    paths = [resolve_model_path(m) for m in models] or [assets.model_path]
+    ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host)
+    retriever = start_retriever(cfg.retriever, assets.index_dir)
+    results = []
+    try:
+        for path, label in zip(paths, model_labels(paths)):
+            engines = start_engines(cfg, path, retriever)
+            try:
+                start = time.perf_counter()
+                played = evaluate_groups(cfg, groups, engines)
+                seconds = time.perf_counter() - start
+            finally:
+                engines.close()
+            results += [ModelEvaluation(label, name, metrics, rows, seconds)
+                        for name, (metrics, rows) in played.items()]
+    finally:
+        retriever.close()
+    return results

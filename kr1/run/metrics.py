@@ -22,6 +22,13 @@ TYPE_COLUMNS = {"em_compositional": "EM comp.", "em_inference": "EM infer.", "em
                 "em_bridge_comparison": "EM bridge"}
 
 
+# the benchmark table's columns (Search-R1's and FlashRAG's figures, and how the agent behaved)
+BENCHMARK_COLUMNS = {
+    "em": "EM", "f1": "F1", "cover_em": "cover EM", "searches": "searches", "turns": "turns",
+    "response_tokens": "resp. tokens", "invalid_rate": "invalid %", "answered": "answered %", "n": "n",
+}
+
+
 def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str, float]:
     """Means over episodes; EM/F1 in percent, invalid rate per action, tokens the model generated."""
     if not episodes:
@@ -31,6 +38,7 @@ def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str,
     return {
         "em": 100.0 * float(scores.em.mean()),
         "f1": 100.0 * float(scores.f1.mean()),
+        "cover_em": 100.0 * float(scores.cover_em.mean()),
         "reward_mean": float(scores.rewards.mean()),
         "reward_std": float(scores.rewards.std()),
         "turns": float(np.mean([e.turns for e in episodes])),
@@ -51,4 +59,27 @@ def metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     for name, metrics in rows.items():
         cells = [f"{metrics.get(key, float('nan')):.2f}" for key in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def benchmark_table(results: Sequence[tuple[str, str, Mapping[str, float]]]) -> str:
+    """A markdown table of (benchmark, model, metrics): a row per benchmark and model, then each model's
+    average over benchmarks (unweighted, as Search-R1's table averages; n is the total)."""
+    header = "| benchmark | model | " + " | ".join(BENCHMARK_COLUMNS.values()) + " |"
+    lines = [header, "|" + "---|" * (len(BENCHMARK_COLUMNS) + 2)]
+
+    def cells(metrics: Mapping[str, float]) -> str:
+        return " | ".join(f"{metrics.get(k, float('nan')):.0f}" if k == "n" else f"{metrics.get(k, float('nan')):.2f}"
+                          for k in BENCHMARK_COLUMNS)
+
+    models: dict[str, list[Mapping[str, float]]] = {}
+    for benchmark in dict.fromkeys(b for b, _, _ in results):
+        for name, model, metrics in results:
+            if name == benchmark:
+                lines.append(f"| {benchmark} | {model} | {cells(metrics)} |")
+                models.setdefault(model, []).append(metrics)
+    for model, rows in models.items():
+        average = {k: float(np.mean([r.get(k, float("nan")) for r in rows])) for k in BENCHMARK_COLUMNS}
+        average["n"] = float(sum(r.get("n", 0) for r in rows))
+        lines.append(f"| average | {model} | {cells(average)} |")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from omegaconf import OmegaConf
 
@@ -55,14 +55,14 @@ def _digest(paths: list[Path]) -> str:
     return sha.hexdigest()[:16]
 
 
-def input_fingerprints(model_path: str, index_dir: Path, train_path: Path) -> dict[str, str]:
+def input_fingerprints(model_path: str, index_dir: Path, train_paths: Sequence[Path]) -> dict[str, str]:
     """Digests of what the run reads: the model's config and tokenizer files (or its hub id), the index
-    manifest, the training questions."""
+    manifest, the training questions (every file of a mixture, in order)."""
     model_dir = Path(model_path)
     model = _digest([model_dir / n for n in MODEL_FILES if (model_dir / n).is_file()]) if model_dir.is_dir() \
         else f"hub:{model_path}"
     return {"model": model, "index": _digest([Path(index_dir) / "manifest.json"]),
-            "train questions": _digest([Path(train_path)])}
+            "train questions": _digest([Path(p) for p in train_paths])}
 
 
 def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

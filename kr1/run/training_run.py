@@ -25,7 +25,6 @@ from actors.reward import start_scorer
 from kr1.atomic_write import write_json
 from kr1.cluster import ensure_ray, stop_actors
 from kr1.config import Config, expand_path, to_yaml
-from kr1.data import load_questions
 from kr1.errors import writes_to
 from kr1.rollout.rewards import EpisodeScores
 from kr1.run.assets import resolve_assets
@@ -54,11 +53,10 @@ class TrainingRun:
         ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host, include_dashboard=True)
         check_cluster_fits(cfg)
         self.assets = resolve_assets(cfg, progress=not quiet)
-        self.loader = PromptLoader(load_questions(self.assets.split_path("train")), cfg.trainer.prompts_per_step,
-                                   cfg.trainer.seed)
-        self.dev = load_questions(self.assets.split_path("dev"))[:cfg.trainer.eval_prompts]
+        self.loader = PromptLoader(self.assets.questions("train"), cfg.trainer.prompts_per_step, cfg.trainer.seed)
+        self.dev = self.assets.questions("dev")[:cfg.trainer.eval_prompts]
         self.inputs = input_fingerprints(self.assets.model_path, self.assets.index_dir,
-                                         self.assets.split_path("train"))
+                                         self.assets.split_paths("train"))
         # the run directory appears only once every input has been found and validated, and holds one run
         self.output_dir = expand_path(cfg.trainer.output_dir)
         self.lock = RunLock.acquire(self.output_dir)

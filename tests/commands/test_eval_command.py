@@ -34,3 +34,33 @@ def test_eval_rejects_a_missing_model_in_one_line(ray_session, tmp_path):
     with pytest.raises((FileNotFoundError, ConfigError), match="does not exist"):
         main(["--limit", "2", f"data.cache_dir={tmp_path}", "data.synthetic_people=40",
               f"model.path={tmp_path / 'no_model'}", "retriever.num_cpus_per_shard=0.5"])
+
+
+def test_two_models_on_the_seven_benchmarks_side_by_side(ray_session, world_dir, index_factory, tiny_model,
+                                                         untrained_model, tmp_path, capsys):
+    from pipelines.prepare_benchmarks import prepare_benchmarks
+    from pipelines.synthetic_benchmarks import synthetic_benchmarks
+
+    synthetic_benchmarks(world_dir, tmp_path / "flashrag", per_name=4)
+    prepare_benchmarks(tmp_path / "benchmarks", source=str(tmp_path / "flashrag"))
+    out = tmp_path / "eval"
+    main(["--benchmarks", "all", "--benchmark-dir", str(tmp_path / "benchmarks"), "--limit", "3", "--out", str(out),
+          "--models", str(untrained_model), str(tiny_model), "data.name=files", f"model.path={tiny_model}",
+          f"retriever.index_dir={index_factory(2)}", "retriever.num_cpus_per_shard=0.5",
+          "rollout.max_new_tokens_per_turn=32"])
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
+    assert (out / "benchmarks.md").read_text().strip() == printed.out.strip()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    names = ["nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle"]
+    models = [f"{untrained_model.parent.name}/tiny", f"{tiny_model.parent.name}/tiny"]  # both directories are "tiny"
+    assert [(r[0], r[1]) for r in rows] == [(n, m) for n in names for m in models] + [("average", m) for m in models]
+    for name, model, em, f1, cover, *_, n in rows[:-2]:
+        trajectories = [json.loads(line) for line in (out / f"eval_{model.replace('/', '_')}_{name}.jsonl").open()]
+        assert len(trajectories) == int(n) == 3 and {t["question_id"].split("-")[0] for t in trajectories} == {name}
+        assert float(em) == pytest.approx(100 * sum(t["em"] for t in trajectories) / 3, abs=0.01)
+        assert float(em) <= float(cover) and float(em) <= float(f1)
+    for model, average in zip(models, rows[-2:]):
+        ems = [float(r[2]) for r in rows[:-2] if r[1] == model]
+        assert float(average[2]) == pytest.approx(sum(ems) / 7, abs=0.01) and average[-1] == "21"
+    assert "42 questions in" in printed.err

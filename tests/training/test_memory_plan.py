@@ -100,6 +100,16 @@ def test_7b_config_fits_80_gib_on_8_gpus():
     refuse_if_over(cfg)
 
 
+def test_search_r1_3b_recipe_trains_on_a_mixture_and_fits_80_gib_on_8_gpus():
+    cfg = load_config("nq_hotpotqa_qwen2.5_3b_instruct")
+    assert [p.split("/")[-2] for p in cfg.data.train_path] == ["nq", "hotpotqa"]
+    assert (cfg.rollout.n_samples, cfg.trainer.prompts_per_step, cfg.learner.lr, cfg.algorithm.kl_coef,
+            cfg.retriever.top_k, cfg.trainer.total_steps) == (5, 512, 1e-6, 0.001, 3, 1005)  # Search-R1's recipe
+    plan = check_plan(cfg)
+    g = plan.group("learner+reference+engine")
+    assert g.gpus == 8 and g.peak[1] < 80 * GiB and plan.refusal() is None
+
+
 def test_15b_config_fits_and_a_doubled_budget_needs_the_chunked_logits():
     plan = check_plan(load_config("2wiki_qwen2.5_1.5b_instruct"))
     assert plan.refusal() is None

@@ -1,0 +1,75 @@
+"""The synthetic world's questions in FlashRAG's layout, under the seven benchmarks' names, so the
+benchmark path (prepare, evaluate, train on a mixture) runs offline on the embedded default.
+
+    python -m pipelines.synthetic_benchmarks --world ~/.cache/kr1/world2-seed0-people300 --out flashrag/
+    python -m pipelines.prepare_benchmarks --local flashrag/ --out data/benchmarks --train
+
+General QA (nq, triviaqa, popqa) gets one-passage questions, multi-hop QA the world's held-out
+test questions: hotpotqa its comparisons (FlashRAG's HotpotQA metadata: `type` bridge or
+comparison, `supporting_facts` as {title, sent_id}), 2wikimultihopqa every type (2Wiki's
+metadata), musique compositional and inference questions (`paragraphs` with `is_supporting`),
+bamboogle compositional ones without metadata. nq and hotpotqa also get a train split (world
+train questions). These are not the real benchmarks: the single-hop questions are the warm
+start's curriculum, so general-QA rows measure what it learned, not generalisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from kr1.atomic_write import atomic_directory, write_jsonl
+from kr1.data import QARecord, load_questions
+from kr1.errors import run_cli
+
+
+def _row(record: QARecord, qid: str, name: str) -> dict:
+    titles = record.supporting_titles
+    if name in ("hotpotqa", "2wikimultihopqa"):
+        qtype = "bridge" if name == "hotpotqa" and record.type == "bridge_comparison" else record.type
+        meta = {"type": qtype, "supporting_facts": {"title": titles, "sent_id": [0] * len(titles)}}
+    elif name == "musique":
+        meta = {"answerable": True, "paragraphs": [{"idx": i, "title": t, "is_supporting": True}
+                                                   for i, t in enumerate(titles)]}
+    else:
+        meta = {}
+    return {"id": qid, "question": record.problem, "golden_answers": record.golden_answers, "metadata": meta}
+
+
+def synthetic_benchmarks(world: Path, out: Path, per_name: int = 50) -> dict[str, dict[str, int]]:
+    """Write `out/<name>/<split>.jsonl` for the seven names; returns {name: {split: rows}}."""
+    single = load_questions(world / "single_hop.jsonl")
+    test, train = load_questions(world / "test.jsonl"), load_questions(world / "train.jsonl")
+    of_type = lambda rows, *types: [q for q in rows if q.type in types]  # noqa: E731
+    files = {
+        ("nq", "test"): single[0::3], ("triviaqa", "test"): single[1::3], ("popqa", "test"): single[2::3],
+        ("hotpotqa", "dev"): of_type(test, "comparison", "bridge_comparison"),
+        ("2wikimultihopqa", "dev"): test,
+        ("musique", "dev"): of_type(test, "compositional", "inference"),
+        ("bamboogle", "test"): of_type(test, "compositional")[::-1],
+        ("nq", "train"): single[0::3][per_name:],
+        ("hotpotqa", "train"): of_type(train, "comparison", "bridge_comparison"),
+    }
+    counts: dict[str, dict[str, int]] = {}
+    with atomic_directory(out) as tmp:
+        for (name, split), rows in files.items():
+            (tmp / name).mkdir(exist_ok=True)
+            picked = rows[:per_name] if split != "train" else rows[:4 * per_name]
+            counts.setdefault(name, {})[split] = write_jsonl(
+                tmp / name / f"{split}.jsonl", (_row(q, f"{split}_{i}", name) for i, q in enumerate(picked)))
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--world", required=True, type=Path, help="a directory written by pipelines.synthetic_world")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--per-name", type=int, default=50, help="questions per evaluation file (train: 4x)")
+    args = parser.parse_args(argv)
+    counts = synthetic_benchmarks(args.world, args.out, args.per_name)
+    print(f"wrote {args.out}: " + ", ".join(f"{n} {s} {c}" for n, by in counts.items() for s, c in by.items()))
+
+
+if __name__ == "__main__":
+    run_cli(main)
