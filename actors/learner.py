@@ -25,6 +25,7 @@ import torch
 
 from kr1.cluster import actor_names, all_alive, get_all, stop_actors
 from kr1.config import Config
+from kr1.training.algorithms import loss_normalizer
 from kr1.training.batch import TrainBatch
 from kr1.training.memory_plan import learner_actor_env
 from kr1.training.policy_update import batch_logprobs, train_step
@@ -212,7 +213,7 @@ class LearnerGroup:
             batch = batch.with_fields(old_logprobs=self.logprobs(batch))
         for mini in batch.chunk(self.cfg.learner.mini_batches):
             parts, micros, _ = self._parts(mini)
-            normalizer = float(max(1, mini.num_loss_tokens))
+            normalizer = loss_normalizer(mini.loss_mask, self.cfg.algorithm.loss_agg)
             results = get_all([w.train_step.remote(p, m, normalizer)
                                for w, p, m in zip(self.workers, parts, micros)])
             for name in results[0]:

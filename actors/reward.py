@@ -32,8 +32,9 @@ class RewardScorer:
     def ready(self) -> bool:
         return True
 
-    def score(self, episodes: Sequence[Episode], golds: Mapping[str, Sequence[str]]) -> EpisodeScores:
-        return score_episodes(episodes, golds, self.weights)
+    def score(self, episodes: Sequence[Episode], golds: Mapping[str, Sequence[str]],
+              supporting: Mapping[str, Sequence[str]] | None = None) -> EpisodeScores:
+        return score_episodes(episodes, golds, self.weights, supporting)
 
 
 def start_scorer(cfg: RewardConfig, max_restarts: int = 3) -> Any:

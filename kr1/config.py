@@ -109,6 +109,9 @@ class RewardConfig:
     em_weight: float = 1.0
     f1_weight: float = 0.0
     format_weight: float = 0.0
+    # the share of a question's supporting passages the episode retrieved (each counted once, so repeating a
+    # search earns nothing more); questions without supporting titles get 0
+    evidence_weight: float = 0.0
 
 
 @dataclass
@@ -118,6 +121,16 @@ class AlgorithmConfig:
     # GRPO: divide by the group's std (false = Dr. GRPO style mean-centering only)
     norm_by_std: bool = True
     clip_eps: float = 0.2
+    # DAPO's asymmetric clip: ratio kept in [1 - low, 1 + high]; null = clip_eps
+    clip_eps_low: float | None = None
+    clip_eps_high: float | None = None
+    # token_mean: every generated token of the step weighs the same; seq_mean: each sequence's token mean,
+    # averaged over sequences (short and long responses weigh the same)
+    loss_agg: str = "token_mean"
+    # DAPO's dynamic sampling: roll out more prompts until the step holds trainer.prompts_per_step groups whose
+    # rewards differ (an all-equal group has zero advantage and teaches nothing), at most this many rounds
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
     kl_coef: float = 0.001
     # k1 | k3
     kl_estimator: str = "k3"
@@ -168,7 +181,22 @@ class TrainerConfig:
     resume_allow_changes: bool = False
     # a learner or reference worker that dies is rebuilt from the last checkpoint this often per run (0: the run ends)
     max_recoveries: int = 2
+    # end the run, with a checkpoint and a one-line reason, when a stability monitor (monitor.*) crosses
+    stop_on_collapse: bool = False
     seed: int = 0
+
+
+@dataclass
+class MonitorConfig:
+    # entropy collapse / blow-up: below low x or above high x the first step's entropy
+    entropy_low: float = 0.2
+    entropy_high: float = 3.0
+    # length runaway: mean response tokens above this many times the first step's
+    length_growth: float = 3.0
+    # KL to the reference above this (per token, the configured estimator)
+    kl_max: float = 1.0
+    # searches per episode below this: the policy stopped searching
+    searches_min: float = 0.05
 
 
 @dataclass
@@ -204,6 +232,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
@@ -219,6 +248,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "rollout.sleep_level": (0, 1, 2),
     "algorithm.advantage": ("grpo", "reinforce_pp"),
     "algorithm.kl_estimator": ("k1", "k3"),
+    "algorithm.loss_agg": ("token_mean", "seq_mean"),
     "learner.weight_sync": ("object_store", "cuda_ipc", "nccl"),
     "reference.placement": ("separate", "colocate", "none"),
     "cluster.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK"),
@@ -228,6 +258,7 @@ POSITIVE = (
     "rollout.n_samples", "rollout.max_turns", "rollout.max_new_tokens_per_turn",
     "rollout.max_total_tokens", "rollout.tensor_parallel_size", "learner.num_workers",
     "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
+    "algorithm.max_sampling_rounds",
     "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens",
 )
 

@@ -30,8 +30,10 @@ RUN_SETTINGS = {"retriever.num_cpus_per_shard": 0.5, "trainer.prompts_per_step":
                 "learner.lr": 1e-3, "algorithm.kl_coef": 0.01, "reward.format_weight": 0.5,
                 "reward.f1_weight": 1.0}
 TINY_SFT_STEPS = 250
-# the trained run (and its resumed twin): separate reference workers, so that every role has actors
-TRAINED_RUN = {"trainer.total_steps": 3, "reference.placement": "separate", "reference.num_workers": 2}
+# the trained run (and its resumed twin): separate reference workers, so that every role has actors; DAPO's
+# dynamic sampling and clip-higher and the evidence reward, so that resuming them is exact too
+TRAINED_RUN = {"trainer.total_steps": 3, "reference.placement": "separate", "reference.num_workers": 2,
+               "algorithm.dynamic_sampling": True, "reward.evidence_weight": 0.5, "algorithm.clip_eps_high": 0.28}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -227,8 +229,9 @@ class TrainedRun:
 
 @pytest.fixture(scope="session")
 def trained_run(ray_session, trained_run_overrides, tmp_path_factory) -> TrainedRun:
-    """Three real driver steps with two learner ranks and two separate reference workers: checkpoints at
-    steps 2 and 3 (the last), dev evaluations at 0, 2 and 3, and the names every actor had."""
+    """Three real driver steps with two learner ranks and two separate reference workers, on a two-file mixture
+    with dynamic sampling: checkpoints at steps 2 and 3 (the last), dev evaluations at 0, 2 and 3, and the names
+    every actor had."""
     from kr1.config import load_config
     from kr1.run.loop import run_steps
     from kr1.run.training_run import TrainingRun

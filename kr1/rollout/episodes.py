@@ -37,6 +37,8 @@ class Episode:
     actions: list[str] = field(default_factory=list)  # per turn: search | answer | invalid
     queries: list[str] = field(default_factory=list)
     retrieved_ids: list[list[str]] = field(default_factory=list)  # per query, the passage ids read
+    retrieved_titles: list[list[str]] = field(default_factory=list)  # per query, those passages' titles
+    empty_queries: int = 0  # invalid actions that were <search></search> with nothing inside
     answer: str | None = None
     finish: str = ""  # answer | max_turns | max_tokens
     response_text: str = ""  # the response decoded, for people to read
@@ -125,7 +127,9 @@ def run_episodes(episodes: list[Episode], generate: GenerateFn, search: SearchFn
                 episode.queries.append(action.content)
                 if not last_turn:
                     searching.append((episode, action.content))
-            elif not last_turn:
+            else:
+                episode.empty_queries += int(action.reason == "empty query")
+            if action.kind == "invalid" and not last_turn:
                 episode.append(feedback[:settings.max_total_tokens - episode.length], generated=False)
         if searching:
             start = time.perf_counter()
@@ -134,6 +138,7 @@ def run_episodes(episodes: list[Episode], generate: GenerateFn, search: SearchFn
             for (episode, _), hits in zip(searching, results):
                 episode.search_seconds += share
                 episode.retrieved_ids.append([h.id for h in hits])
+                episode.retrieved_titles.append([h.title for h in hits])
                 info = format_information([(h.title, h.text) for h in hits], settings.max_passage_chars)
                 episode.append(_encode(tokenizer, info)[:settings.max_total_tokens - episode.length], generated=False)
     for episode in episodes:

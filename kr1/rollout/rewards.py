@@ -1,4 +1,4 @@
-"""Reward functions: exact match, token F1, cover EM and format, weighted into one scalar per episode.
+"""Reward functions: exact match, token F1, cover EM, format and evidence, weighted into one scalar per episode.
 
 Each reward is a plain function `score(answers, golds, **meta) -> list[float]` where
 `answers` are the episodes' final answers (None when an episode never answered) and
@@ -11,6 +11,7 @@ standard SQuAD one: lowercase, drop punctuation and the articles a/an/the, colla
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -74,6 +75,27 @@ def cover_em_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]
     return [cover_exact_match(a, g) for a, g in zip(answers, golds)]
 
 
+def _title_key(title: str) -> str:
+    return " ".join(title.casefold().split())
+
+
+def evidence_recall(retrieved_titles: Sequence[Sequence[str]], supporting: Sequence[str]) -> float:
+    """The share of the supporting passages among everything an episode retrieved (per query lists of titles),
+    each passage counted once however often it came back; NaN for a question without supporting titles."""
+    wanted = {_title_key(t) for t in supporting if t.strip()}
+    if not wanted:
+        return math.nan
+    read = {_title_key(t) for hits in retrieved_titles for t in hits}
+    return len(wanted & read) / len(wanted)
+
+
+def evidence_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], *,
+                    retrieved_titles: Sequence[Sequence[Sequence[str]]], supporting_titles: Sequence[Sequence[str]],
+                    **meta: Any) -> list[float]:
+    """R1-Searcher's retrieval reward: evidence recall, 0 where the question names no supporting passage."""
+    return [0.0 if math.isnan(r) else r for r in map(evidence_recall, retrieved_titles, supporting_titles)]
+
+
 def format_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], *,
                   invalid_actions: Sequence[int], **meta: Any) -> list[float]:
     """1 for an episode that ended with a well-formed answer and no invalid action, else 0."""
@@ -81,7 +103,7 @@ def format_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]],
 
 
 REWARD_FUNCTIONS: dict[str, RewardFn] = {"em": em_reward, "f1": f1_reward, "cover_em": cover_em_reward,
-                                         "format": format_reward}
+                                         "format": format_reward, "evidence": evidence_reward}
 
 
 def combined_rewards(answers: Sequence[str | None], golds: Sequence[Sequence[str]], weights: Mapping[str, float],
@@ -105,21 +127,26 @@ class EpisodeScores:
     f1: np.ndarray  # (B,) float32 token F1 against the best alias
     format: np.ndarray  # (B,) float32 1 = answered with no invalid action
     cover_em: np.ndarray  # (B,) float32 a gold alias inside the answer
+    evidence: np.ndarray  # (B,) float32 supporting passages retrieved, as a share; NaN without supporting titles
 
 
 def reward_weights(cfg: RewardConfig) -> dict[str, float]:
-    return {"em": cfg.em_weight, "f1": cfg.f1_weight, "format": cfg.format_weight}
+    return {"em": cfg.em_weight, "f1": cfg.f1_weight, "format": cfg.format_weight, "evidence": cfg.evidence_weight}
 
 
-def score_episodes(episodes: Sequence[Any], golds: Mapping[str, Sequence[str]],
-                   weights: Mapping[str, float]) -> EpisodeScores:
-    """Score episodes (anything with `question_id`, `answer`, `num_invalid`) against gold aliases."""
+def score_episodes(episodes: Sequence[Any], golds: Mapping[str, Sequence[str]], weights: Mapping[str, float],
+                   supporting: Mapping[str, Sequence[str]] | None = None) -> EpisodeScores:
+    """Score episodes (anything with `question_id`, `answer`, `num_invalid`, `retrieved_titles`) against gold
+    aliases and, for the evidence reward, each question's supporting titles."""
     missing = {e.question_id for e in episodes} - set(golds)
     if missing:
         raise KeyError(f"no gold answers for question(s) {sorted(missing)[:5]}")
     answers = [e.answer for e in episodes]
+    read = [getattr(e, "retrieved_titles", []) for e in episodes]
+    needed = [(supporting or {}).get(e.question_id, []) for e in episodes]
     total, parts = combined_rewards(answers, [golds[e.question_id] for e in episodes],
-                                    {"format": 0.0, **weights}, invalid_actions=[e.num_invalid for e in episodes])
+                                    {"format": 0.0, **weights}, invalid_actions=[e.num_invalid for e in episodes],
+                                    retrieved_titles=read, supporting_titles=needed)
     as_array = lambda values: np.asarray(values, dtype=np.float32)  # noqa: E731
     return EpisodeScores(as_array(total), as_array(parts["em"]), as_array(parts["f1"]), as_array(parts["format"]),
-                         as_array(parts["cover_em"]))
+                         as_array(parts["cover_em"]), as_array(list(map(evidence_recall, read, needed))))

@@ -62,7 +62,8 @@ def evaluate_groups(cfg: Config, groups: Mapping[str, Sequence[QARecord]],
     out = {}
     for name, group in groups.items():
         picked = [by_id[q.id] for q in group]
-        scores = score_episodes(picked, {q.id: q.golden_answers for q in group}, weights)
+        scores = score_episodes(picked, {q.id: q.golden_answers for q in group}, weights,
+                                {q.id: q.supporting_titles for q in group})
         metrics = {**episode_metrics(picked, scores), "n": float(len(group))}
         types = {q.id: q.type for q in group}
         for qtype in sorted({t for t in types.values() if t}):

@@ -3,13 +3,15 @@
     history = train(load_config("default", ["trainer.total_steps=3"]))   # what `python -m kr1.driver` runs
 
 Each step: rollout -> reward and reference log-probs (in parallel) -> advantages ->
-update -> weight sync -> (evaluate) -> log -> checkpoint. The starting policy is evaluated
-on the dev split first, and the end prints its table beside the trained policy's. What
-each step does, and how the pools start, resume and recover from a dead learner or reference
-worker, is in kr1/run/training_run.py.
+update -> weight sync -> (evaluate) -> log -> watch the stability monitors ->
+checkpoint. The starting policy is evaluated on the dev split first, and the end prints
+its table beside the trained policy's. What each step does, and how the pools start,
+resume and recover from a dead learner or reference worker, is in kr1/run/training_run.py.
 """
 
 from __future__ import annotations
+
+import sys
 
 import ray
 
@@ -37,6 +39,9 @@ def run_steps(run: TrainingRun, quiet: bool = False) -> list[dict[str, float]]:
         try:
             history.append(one_step(run, step, timer))
             step += 1
+            if run.stop_reason:  # trainer.stop_on_collapse: the step was checkpointed
+                print(f"stopped after step {step} (trainer.stop_on_collapse): {run.stop_reason.text}", file=sys.stderr)
+                break
         except ray.exceptions.RayError as error:  # a learner or reference worker died: rebuilt from a checkpoint
             step = run.recover(error)
             del history[max(0, step - run.start_step):]
@@ -62,6 +67,7 @@ def one_step(run: TrainingRun, step: int, timer: PhaseTimer) -> dict[str, float]
     with timer("evaluate"):
         eval_metrics = run.evaluate(step)
     metrics = run.log(step, episodes, batch, scores, train_metrics, eval_metrics, timer.pop())
+    run.watch(step, metrics)
     with timer("checkpoint"):  # its time shows in the next step's time/checkpoint
         run.checkpoint(step)
     return metrics

@@ -30,12 +30,18 @@ BENCHMARK_COLUMNS = {
 
 
 def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str, float]:
-    """Means over episodes; EM/F1 in percent, invalid rate per action, tokens the model generated."""
+    """Means over episodes; EM/F1 in percent, invalid rate per action, tokens the model generated, how
+    queries were written (repeated within an episode, empty) and the supporting passages found."""
     if not episodes:
         return {}
     actions = sum(e.turns for e in episodes)
     generated = np.array([e.generated_tokens for e in episodes], dtype=np.float64)
-    return {
+    queries = sum(len(e.queries) for e in episodes)
+    repeated = sum(len(e.queries) - len({" ".join(q.casefold().split()) for q in e.queries}) for e in episodes)
+    empty = sum(e.empty_queries for e in episodes)
+    evidence = {"evidence_recall": 100.0 * float(np.nanmean(scores.evidence))} \
+        if np.isfinite(scores.evidence).any() else {}
+    return {**evidence,
         "em": 100.0 * float(scores.em.mean()),
         "f1": 100.0 * float(scores.f1.mean()),
         "cover_em": 100.0 * float(scores.cover_em.mean()),
@@ -47,6 +53,8 @@ def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str,
         "response_tokens_max": float(generated.max()),
         "invalid_rate": 100.0 * sum(e.num_invalid for e in episodes) / max(1, actions),
         "answered": 100.0 * float(np.mean([e.answer is not None for e in episodes])),
+        "repeated_query_rate": 100.0 * repeated / max(1, queries),
+        "empty_query_rate": 100.0 * empty / max(1, queries + empty),
     }
 
 

@@ -26,7 +26,7 @@ from kr1.atomic_write import write_json
 from kr1.cluster import ensure_ray, stop_actors
 from kr1.config import Config, expand_path, to_yaml
 from kr1.errors import writes_to
-from kr1.rollout.rewards import EpisodeScores
+from kr1.rollout.rewards import EpisodeScores, reward_weights, score_episodes
 from kr1.run.assets import resolve_assets
 from kr1.run.evaluation import evaluate
 from kr1.run.metrics import episode_metrics, metrics_table
@@ -41,6 +41,7 @@ from kr1.training.batch import TrainBatch
 from kr1.training.checkpoint import CheckpointDirs, read_trainer_state, write_trainer_state
 from kr1.training.memory_plan import check_memory_plan
 from kr1.training.prompt_loader import PromptLoader
+from kr1.training.stability_monitors import StabilityMonitors
 
 
 class TrainingRun:
@@ -54,6 +55,8 @@ class TrainingRun:
         check_cluster_fits(cfg)
         self.assets = resolve_assets(cfg, progress=not quiet)
         self.loader = PromptLoader(self.assets.questions("train"), cfg.trainer.prompts_per_step, cfg.trainer.seed)
+        self.golds = {q.id: q.golden_answers for q in self.loader.questions}
+        self.supporting = {q.id: q.supporting_titles for q in self.loader.questions}
         self.dev = self.assets.questions("dev")[:cfg.trainer.eval_prompts]
         self.inputs = input_fingerprints(self.assets.model_path, self.assets.index_dir,
                                          self.assets.split_paths("train"))
@@ -83,6 +86,7 @@ class TrainingRun:
         self.scorer = start_scorer(cfg.reward)
         self.weight_sync = make_weight_sync(cfg.learner.weight_sync)
         self.recoveries = 0
+        self.monitors, self.stop_reason, self.sampling = StabilityMonitors(cfg.monitor), None, {}
         self.start_step = self._resume(*resume_from) if resume_from else 0
         # rows a killed run logged past the checkpoint are dropped: each step is logged once
         self.logger = RunLogger(self.output_dir, cfg.trainer.total_steps, quiet=self.quiet, start_step=self.start_step)
@@ -91,15 +95,41 @@ class TrainingRun:
 
     # --- one method per step of the loop -------------------------------------------------
     def rollout(self, step: int) -> list[Any]:
-        """Sampled episodes for this step's prompts, `rollout.n_samples` per prompt."""
-        questions = self.loader.batch(step)
-        return self.engines.rollout(questions, self.cfg.rollout.n_samples, seed=self.cfg.trainer.seed + step)
+        """Sampled episodes for this step's prompts, `rollout.n_samples` per prompt. With dynamic sampling, more
+        prompts are rolled out until `trainer.prompts_per_step` groups have rewards that differ (at most
+        `algorithm.max_sampling_rounds` rounds), and those groups are the step's episodes."""
+        cfg, questions = self.cfg, self.loader.batch(step)
+        episodes = self.engines.rollout(questions, cfg.rollout.n_samples, seed=cfg.trainer.seed + step)
+        informative = self._informative_groups(episodes)
+        self.sampling = {"informative_groups": 100.0 * len(informative) / max(1, len(questions)),
+                         "sampling_rounds": 1.0}
+        if not cfg.algorithm.dynamic_sampling:
+            return episodes
+        asked = {q.id for q in questions}
+        for round_ in range(1, cfg.algorithm.max_sampling_rounds):
+            if len(informative) >= cfg.trainer.prompts_per_step:
+                break
+            extra = self.loader.extra_batch(step, round_, asked)
+            asked |= {q.id for q in extra}
+            more = self.engines.rollout(extra, cfg.rollout.n_samples, seed=cfg.trainer.seed + step + round_ * 1_000_003)
+            informative += self._informative_groups(more)
+            self.sampling["sampling_rounds"] += 1
+        kept = informative[:cfg.trainer.prompts_per_step]
+        self.sampling["trained_groups"] = float(len(kept))
+        return [e for group in kept for e in group] or episodes  # no group taught anything: the step's own
+
+    def _informative_groups(self, episodes: list[Any]) -> list[list[Any]]:
+        """Each question's episodes, for the questions whose samples' rewards differ."""
+        scores = score_episodes(episodes, self.golds, reward_weights(self.cfg.reward), self.supporting)
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(episodes):
+            groups.setdefault(e.question_id, []).append(i)
+        return [[episodes[i] for i in rows] for rows in groups.values() if np.ptp(scores.rewards[rows]) > 1e-6]
 
     def score(self, episodes: list[Any]) -> ray.ObjectRef:
         """Start the reward scorer; returns at once so the reference pass runs meanwhile."""
-        golds = {q.id: q.golden_answers for q in self.loader.questions}
-        golds = {e.question_id: golds[e.question_id] for e in episodes}
-        return self.scorer.score.remote(episodes, golds)
+        golds = {e.question_id: self.golds[e.question_id] for e in episodes}
+        return self.scorer.score.remote(episodes, golds, {q: self.supporting[q] for q in golds})
 
     def ref_logprobs(self, batch: TrainBatch) -> TrainBatch:
         self.engines.sleep()  # colocated vLLM frees GPU memory before the reference pass; a no-op otherwise
@@ -149,7 +179,7 @@ class TrainingRun:
         rollout = episode_metrics(episodes, scores)
         generated = sum(e.generated_tokens for e in episodes)
         metrics = {"reward/mean": rollout.pop("reward_mean"), "reward/std": rollout.pop("reward_std"),
-                   **{f"rollout/{k}": v for k, v in rollout.items()},
+                   **{f"rollout/{k}": v for k, v in {**rollout, **self.sampling}.items()},
                    **{f"train/{k}": v for k, v in train.items()}, **evaluation,
                    **{f"time/{k}": v for k, v in times.items()},
                    "time/step": sum(times.values()),
@@ -158,11 +188,21 @@ class TrainingRun:
         self.logger.log(step + 1, metrics)
         return metrics
 
+    def watch(self, step: int, metrics: dict[str, float]) -> None:
+        """Warn (one line each) about stability monitors that crossed this step; with trainer.stop_on_collapse
+        the first crossing becomes the run's stop reason (the loop checkpoints and ends)."""
+        crossings = self.monitors.check(step + 1, metrics)
+        for crossing in crossings:
+            print(crossing, file=sys.stderr, flush=True)
+        if crossings and self.cfg.trainer.stop_on_collapse:
+            self.stop_reason = crossings[0]
+
     def checkpoint(self, step: int) -> Path | None:
-        """Every `trainer.checkpoint_every` steps (and after the last): written aside, then renamed."""
+        """Every `trainer.checkpoint_every` steps, after the last, and when the run stops on a collapse: written
+        aside, then renamed."""
         done = step + 1
         every = self.cfg.trainer.checkpoint_every
-        if not (every > 0 and done % every == 0 or done == self.cfg.trainer.total_steps):
+        if not (every > 0 and done % every == 0 or done == self.cfg.trainer.total_steps or self.stop_reason):
             return None
         latest = self.checkpoints.latest()
         kept = f"; the last complete one ({latest[1].name}) is untouched" if latest else ""

@@ -7,7 +7,8 @@
 Losses aggregate by token mean over the loss mask: the sum over every model-generated
 token divided by `normalizer`, the number of such tokens in the whole optimizer step
 (across micro-batches and data-parallel ranks), so splitting a batch never changes
-the gradient. Prompt, retrieved and appended tokens have mask 0 and never count.
+the gradient. With `loss_agg="seq_mean"` each sequence's tokens are first averaged and
+`normalizer` counts sequences (`loss_normalizer`). Prompt, retrieved and appended tokens have mask 0 and never count.
 No Ray, no vLLM here.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -74,6 +76,18 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     raise ValueError(f"unknown KL estimator {estimator!r} (k1 or k3)")
 
 
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean")
+
+
+def loss_normalizer(loss_mask: np.ndarray, loss_agg: str) -> float:
+    """What the step's loss sum is divided by: its loss tokens (token_mean) or its sequences that have any
+    (seq_mean); at least 1."""
+    if loss_agg not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {loss_agg!r} ({', '.join(LOSS_AGGREGATIONS)})")
+    count = loss_mask.sum() if loss_agg == "token_mean" else (loss_mask.sum(axis=1) > 0).sum()
+    return float(max(1, int(count)))
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar to backpropagate (this part's share of the token mean)
@@ -86,16 +100,24 @@ class LossOutput:
 def policy_loss(*, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 loss_mask: torch.Tensor, clip_eps: float, normalizer: float, ref_logprobs: torch.Tensor | None = None,
                 kl_coef: float = 0.0, kl_estimator: str = "k3", entropy: torch.Tensor | None = None,
-                entropy_coef: float = 0.0) -> LossOutput:
-    """PPO-clip policy gradient + KL-to-reference penalty (+ entropy bonus), token-summed / normalizer.
+                entropy_coef: float = 0.0, clip_eps_high: float | None = None,
+                loss_agg: str = "token_mean") -> LossOutput:
+    """PPO-clip policy gradient + KL-to-reference penalty (+ entropy bonus), summed / normalizer.
 
+    The ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high null: clip_eps). Token sums
+    weigh each loss token 1 (token_mean) or 1 / its sequence's loss tokens (seq_mean).
     Shapes: logprobs, old_logprobs, ref_logprobs, loss_mask, entropy (B, T); advantages (B,) or (B, T).
     """
+    if loss_agg not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {loss_agg!r} ({', '.join(LOSS_AGGREGATIONS)})")
     mask = loss_mask.float()
+    if loss_agg == "seq_mean":
+        mask = mask / mask.sum(-1, keepdim=True).clamp(min=1.0)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * adv
     pg = -torch.minimum(unclipped, clipped)
     total = (pg * mask).sum()
     kl_sum = torch.zeros(())
@@ -105,7 +127,7 @@ def policy_loss(*, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
     entropy_sum = (entropy * mask).sum() if entropy is not None else torch.zeros(())
     if entropy is not None and entropy_coef:
         total = total - entropy_coef * entropy_sum
-    clip_sum = (((ratio - 1.0).abs() > clip_eps).float() * mask).sum()
+    clip_sum = (((ratio < 1.0 - clip_eps) | (ratio > 1.0 + high)).float() * mask).sum()
     logged = [(pg * mask).sum(), kl_sum, clip_sum, entropy_sum]
     pg_value, kl_value, clip_value, entropy_value = (x.detach().item() / normalizer for x in logged)
     return LossOutput(total / normalizer, pg_value, kl_value, clip_value, entropy_value)

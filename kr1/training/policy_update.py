@@ -79,13 +79,15 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: TrainBatch, 
                device: torch.device, chunk_tokens: int = 0) -> dict[str, float]:
     """One optimizer step: accumulate the token-mean loss over micro-batches, clip, step.
 
-    `normalizer` is the number of loss tokens in the whole step (all ranks); `scale` undoes
+    `normalizer` is `loss_normalizer` of the whole step (all ranks); `scale` undoes
     the mean that data-parallel gradient reduction takes over ranks (the world size).
     Returned sums are this rank's share: adding them over ranks gives the step's values.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
     totals = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
+    low = algo.clip_eps if algo.clip_eps_low is None else algo.clip_eps_low
+    high = algo.clip_eps if algo.clip_eps_high is None else algo.clip_eps_high
     for rows in micro_batches:
         if len(rows) == 0:
             _idle_pass(model, device, backward=True)
@@ -95,9 +97,9 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: TrainBatch, 
                                     chunk_tokens=chunk_tokens, entropy_grad=algo.entropy_coef != 0)
         old = t.get("old_logprobs", logprobs.detach())
         out = policy_loss(logprobs=logprobs, old_logprobs=old, advantages=t["advantages"], loss_mask=t["loss_mask"],
-                          clip_eps=algo.clip_eps, normalizer=normalizer, ref_logprobs=t.get("ref_logprobs"),
-                          kl_coef=algo.kl_coef, kl_estimator=algo.kl_estimator, entropy=entropy,
-                          entropy_coef=algo.entropy_coef)
+                          clip_eps=low, clip_eps_high=high, normalizer=normalizer,
+                          ref_logprobs=t.get("ref_logprobs"), kl_coef=algo.kl_coef, kl_estimator=algo.kl_estimator,
+                          entropy=entropy, entropy_coef=algo.entropy_coef, loss_agg=algo.loss_agg)
         (out.loss * scale).backward()
         totals["loss"] += out.loss.detach().item()
         for name in ("pg_loss", "kl", "clip_fraction", "entropy"):

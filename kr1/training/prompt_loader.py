@@ -11,7 +11,7 @@ recorded in checkpoints.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -32,6 +32,13 @@ class PromptLoader:
     def position(self, step: int) -> int:
         """Questions consumed before `step` (the loader's position)."""
         return step * self.per_step
+
+    def extra_batch(self, step: int, round_: int, exclude: Collection[str]) -> list[QARecord]:
+        """More prompts for `step` (dynamic sampling's round `round_` >= 1): a seeded draw of questions not in
+        `exclude`, the same for the same (seed, step, round), resumed or not."""
+        order = np.random.default_rng([self.seed, step, round_, 1]).permutation(len(self.questions))
+        fresh = (self.questions[int(i)] for i in order if self.questions[int(i)].id not in exclude)
+        return [q for q, _ in zip(fresh, range(self.per_step))]
 
     def batch(self, step: int) -> list[QARecord]:
         n = len(self.questions)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from kr1.rollout.rewards import combined_rewards, exact_match, normalize_answer, score_episodes, token_f1
+from kr1.rollout.rewards import (combined_rewards, evidence_recall, exact_match, normalize_answer, score_episodes,
+                                 token_f1)
 
 
 def test_normalisation():
@@ -49,3 +51,26 @@ def test_score_episodes_arrays():
     assert scores.rewards.dtype == np.float32
     with pytest.raises(KeyError, match="no gold answers"):
         score_episodes([SimpleNamespace(question_id="z", answer="a", num_invalid=0)], {}, {"em": 1.0})
+
+
+def _searched(qid, *titles_per_query, answer="x"):
+    return SimpleNamespace(question_id=qid, answer=answer, num_invalid=0,
+                           retrieved_titles=[list(t) for t in titles_per_query])
+
+
+def test_evidence_is_the_share_of_supporting_passages_read_each_counted_once():
+    supporting = {"q": ["Arlen Voss", "The Amber Lantern"], "bare": []}
+    assert evidence_recall([["The Amber Lantern", "Other"]], supporting["q"]) == 0.5
+    assert evidence_recall([["the amber  lantern"], ["ARLEN VOSS"]], supporting["q"]) == 1.0  # case and spaces
+    assert math.isnan(evidence_recall([["Arlen Voss"]], supporting["bare"]))
+    once = _searched("q", ["The Amber Lantern"])
+    farming = _searched("q", *[["The Amber Lantern", "Other"]] * 4)  # the same search four times
+    both = _searched("q", ["The Amber Lantern"], ["Arlen Voss"])
+    bare = _searched("bare", ["Arlen Voss"])
+    golds = {"q": ["y"], "bare": ["y"]}
+    scores = score_episodes([once, farming, both, bare], golds, {"em": 1.0, "evidence": 0.5}, supporting)
+    np.testing.assert_allclose(scores.rewards, [0.25, 0.25, 0.5, 0.0])  # farming earns what one search does
+    np.testing.assert_allclose(scores.evidence[:3], [0.5, 0.5, 1.0])
+    assert math.isnan(scores.evidence[3])  # no supporting titles: no reward, and left out of the recall metric
+    plain = score_episodes([both], golds, {"em": 1.0}, supporting)  # weight 0: recall measured, never rewarded
+    assert plain.rewards[0] == 0.0 and plain.evidence[0] == 1.0

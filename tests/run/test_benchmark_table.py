@@ -13,7 +13,8 @@ from kr1.run.metrics import BENCHMARK_COLUMNS, benchmark_table, episode_metrics
 
 def _episode(qid, answer, searches=1, invalid=0, tokens=40):
     return SimpleNamespace(question_id=qid, answer=answer, num_invalid=invalid, turns=searches + 1,
-                           num_searches=searches, generated_tokens=tokens)
+                           num_searches=searches, generated_tokens=tokens, queries=["q"] * searches, empty_queries=0,
+                           retrieved_titles=[])
 
 
 GOLDS = {"q1": ["Zoë Ångström", "Zoe Angstrom"], "q2": ["Ærøskøbing"], "q3": ["1931"], "q4": ["Arlen Voss"]}

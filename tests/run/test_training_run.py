@@ -80,3 +80,24 @@ def test_every_actor_shows_its_role_and_index_in_the_dashboard(trained_run):
         assert set(names) <= trained_run.alive, role
     assert len(trained_run.actor_names["learner-rank"]) == len(trained_run.actor_names["reference-worker"]) == 2
     assert any(n.startswith("reward-scorer0-") for n in trained_run.alive)
+
+
+def test_a_collapse_stops_the_run_with_a_checkpoint_and_one_line(ray_session, untrained_run_overrides, tmp_path,
+                                                                 capsys):
+    out = tmp_path / "run"
+    # searches per episode can never reach 100: the monitor crosses at the first step
+    cfg = load_config("default", untrained_run_overrides(out, **{
+        "trainer.total_steps": 3, "trainer.checkpoint_every": 0, "trainer.eval_every": 0,
+        "trainer.stop_on_collapse": True, "monitor.searches_min": 100, "algorithm.dynamic_sampling": True,
+        "algorithm.max_sampling_rounds": 2, "reward.f1_weight": 1.0}))
+    history = train(cfg, quiet=True)
+    said = capsys.readouterr().err
+    assert len(history) == 1
+    lines = [line for line in said.splitlines() if "searches vanish" in line]
+    assert lines[0].startswith("warning: step 1: searches vanish: rollout/searches ")
+    assert lines[1].startswith("stopped after step 1 (trainer.stop_on_collapse): warning: step 1: searches vanish")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000001"]
+    logged = history[0]
+    assert {"rollout/informative_groups", "rollout/sampling_rounds", "rollout/repeated_query_rate",
+            "rollout/empty_query_rate", "rollout/evidence_recall", "train/entropy", "train/kl"} <= set(logged)
+    assert 1 <= logged["rollout/sampling_rounds"] <= 2

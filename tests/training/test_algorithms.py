@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from kr1.training.algorithms import (ADVANTAGE_ESTIMATORS, grpo_advantages, kl_estimate, policy_loss,
+from kr1.training.algorithms import (ADVANTAGE_ESTIMATORS, grpo_advantages, kl_estimate, loss_normalizer, policy_loss,
                                      reinforce_pp_advantages, token_entropy, token_logprobs)
 
 
@@ -107,3 +108,48 @@ def test_token_logprobs_and_entropy_alignment():
     torch.testing.assert_close(lp, torch.log(torch.tensor([[1.0, 1e-9 / (1 + 1e-9), 0.2]])), atol=1e-5, rtol=1e-4)
     ent = token_entropy(logits)
     assert ent[0, 0] == 0 and ent[0, 1] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_asymmetric_clip_lets_a_positive_advantage_raise_a_ratio_further_than_it_may_fall():
+    mask = torch.tensor([[1, 1, 1, 1]])
+    old = torch.zeros(1, 4)
+    # ratios e^0.22 = 1.25 (inside 1 + 0.28, outside 1 + 0.2), e^0.3 = 1.35 (outside both), e^-0.25 = 0.78
+    # (outside 1 - 0.2 for a negative advantage), e^0.1 (inside everything)
+    logprobs = torch.tensor([[0.22, 0.3, -0.25, 0.1]], requires_grad=True)
+    adv = torch.tensor([[1.0, 1.0, -1.0, 1.0]])
+    symmetric = _loss(logprobs, mask, adv, old_logprobs=old)
+    symmetric.loss.backward()
+    assert [bool(g != 0) for g in logprobs.grad[0]] == [False, False, False, True]
+    logprobs.grad = None
+    dapo = _loss(logprobs, mask, adv, old_logprobs=old, clip_eps_high=0.28)  # DAPO's clip-higher: 0.2 / 0.28
+    dapo.loss.backward()
+    assert [bool(g != 0) for g in logprobs.grad[0]] == [True, False, False, True]
+    assert symmetric.clip_fraction == pytest.approx(3 / 4) and dapo.clip_fraction == pytest.approx(2 / 4)
+
+
+def test_seq_mean_weighs_every_sequence_the_same_and_token_mean_every_token():
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])  # a long and a short response
+    logprobs = torch.zeros(2, 4, requires_grad=True)
+    adv = torch.tensor([1.0, -1.0])
+    tokens = _loss(logprobs, mask, adv, normalizer=loss_normalizer(mask.numpy(), "token_mean"))
+    sequences = _loss(logprobs, mask, adv, normalizer=loss_normalizer(mask.numpy(), "seq_mean"), loss_agg="seq_mean")
+    assert tokens.loss.item() == pytest.approx((-4 * 1.0 + 1.0) / 5)  # the long response's 4 tokens dominate
+    assert sequences.loss.item() == pytest.approx((-1.0 + 1.0) / 2)  # one sequence each way: they cancel
+    sequences.loss.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[-1 / 8] * 4, [1 / 2, 0, 0, 0]]))
+    assert loss_normalizer(np.array([[1, 1], [0, 0], [0, 1]]), "seq_mean") == 2.0  # a prompt-only row is no sequence
+    with pytest.raises(ValueError, match="token_sum"):
+        loss_normalizer(mask.numpy(), "token_sum")
+
+
+def test_seq_mean_is_invariant_to_micro_batch_splits():
+    torch.manual_seed(1)
+    logprobs, old = torch.randn(4, 6), torch.randn(4, 6)
+    mask = (torch.rand(4, 6) > 0.3).long()
+    adv = torch.randn(4)
+    n = loss_normalizer(mask.numpy(), "seq_mean")
+    kw = dict(clip_eps=0.2, clip_eps_high=0.3, normalizer=n, loss_agg="seq_mean")
+    whole = policy_loss(logprobs=logprobs, old_logprobs=old, advantages=adv, loss_mask=mask, **kw)
+    parts = [policy_loss(logprobs=logprobs[s], old_logprobs=old[s], advantages=adv[s], loss_mask=mask[s], **kw)
+             for s in (slice(0, 1), slice(1, 4))]
+    assert float(sum(p.loss for p in parts)) == pytest.approx(float(whole.loss), abs=1e-6)
