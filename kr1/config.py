@@ -78,6 +78,9 @@ class ModelConfig:
     # when path is null: size of the bootstrapped model (tiny | small) and its warm-start steps
     bootstrap_size: str = "tiny"
     bootstrap_sft_steps: int = 150
+    # share of warm-start trajectories that look up the (single-hop) answer's name before answering: the habit
+    # of searching a name just read, never a multi-hop question
+    bootstrap_follow_fraction: float = 0.0
     dtype: str = "float32"
     trust_remote_code: bool = False
 

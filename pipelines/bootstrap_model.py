@@ -96,22 +96,29 @@ def build_model(tokenizer: PreTrainedTokenizerFast, size: str, seed: int,
 
 def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, world: Path, index: Path,
                steps: int, seed: int, top_k: int = 3, max_passage_chars: int = 600, template: str = "compact",
-               retry_fraction: float = 0.3, lr: float = 1e-2, progress: bool = True) -> list[float]:
-    """Supervised fine-tuning on gold single-hop trajectories read through the real index."""
+               retry_fraction: float = 0.3, lr: float = 1e-2, progress: bool = True,
+               follow_fraction: float = 0.0) -> list[float]:
+    """Supervised fine-tuning on gold single-hop trajectories read through the real index; `follow_fraction` of
+    those whose answer has its own passage look that name up before answering."""
     questions = load_questions(world / "single_hop.jsonl")
     entities = [q.supporting_titles[0] for q in questions]
     hits = search_index(index, entities, top_k + 3)
     # the most confusable other passage is the "wrong first search" of a self-correcting example
     wrong = [next((h.title for h in found if h.title != entity), entity) for entity, found in zip(entities, hits)]
     wrong_hits = search_index(index, wrong, top_k)
+    answer_hits = search_index(index, [q.golden_answers[0] for q in questions], top_k)
     rng = random.Random(seed)
     examples = []
-    for q, entity, found, w, w_found in zip(questions, entities, hits, wrong, wrong_hits):
+    for q, entity, found, w, w_found, a_found in zip(questions, entities, hits, wrong, wrong_hits, answer_hits):
         if all(h.title != q.supporting_titles[-1] for h in found[:top_k]):
             continue  # the retriever does not surface the evidence: no gold trajectory to imitate
         missed = w != entity and all(h.title != entity for h in w_found)
         miss = (w, w_found) if missed and rng.random() < retry_fraction else None
-        examples.append(gold_trajectory(tokenizer, q, found[:top_k], max_passage_chars, template, miss))
+        # a name with a passage of its own (a person, a film) can be looked up; a year or a city's country cannot
+        named = bool(a_found) and a_found[0].title == q.golden_answers[0] and len(q.supporting_titles) == 1
+        # follow_fraction 0 draws nothing: the warm start stays the one it was before the option existed
+        follow = a_found if follow_fraction > 0 and miss is None and named and rng.random() < follow_fraction else None
+        examples.append(gold_trajectory(tokenizer, q, found[:top_k], max_passage_chars, template, miss, follow))
     threads = torch.get_num_threads()
     # matrices this small run 3x faster on one thread than on two (measured: 0.27 vs 0.93 s/step)
     torch.set_num_threads(1)
@@ -123,7 +130,8 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, worl
 
 
 def bootstrap(world: Path, out: Path, seed: int = 0, size: str = "small", vocab_size: int = 2048,
-              index: Path | None = None, sft_steps: int = 0, progress: bool = True) -> Path:
+              index: Path | None = None, sft_steps: int = 0, progress: bool = True,
+              follow_fraction: float = 0.0) -> Path:
     """Write tokenizer and model (warm-started when `sft_steps` > 0) into `out` atomically."""
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r} (choose from {', '.join(MODEL_SIZES)})")
@@ -137,7 +145,8 @@ def bootstrap(world: Path, out: Path, seed: int = 0, size: str = "small", vocab_
     tokenizer = train_tokenizer(world_texts(world), vocab_size)
     model = build_model(tokenizer, size, seed)
     if sft_steps > 0:
-        warm_start(model, tokenizer, world, index, sft_steps, seed, progress=progress)  # type: ignore[arg-type]
+        warm_start(model, tokenizer, world, index, sft_steps, seed, progress=progress,  # type: ignore[arg-type]
+                   follow_fraction=follow_fraction)
     with atomic_directory(out) as tmp:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
@@ -153,8 +162,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--index", type=Path, help="index of the world (needed for the warm start)")
     parser.add_argument("--sft-steps", type=int, default=0, help="warm-start steps on single-hop trajectories")
+    parser.add_argument("--follow-fraction", type=float, default=0.0,
+                        help="share of trajectories that look up the answer's name before answering")
     args = parser.parse_args(argv)
-    bootstrap(args.world, args.out, args.seed, args.size, args.vocab_size, args.index, args.sft_steps)
+    bootstrap(args.world, args.out, args.seed, args.size, args.vocab_size, args.index, args.sft_steps,
+              follow_fraction=args.follow_fraction)
     print(f"wrote tokenizer and {args.size} model to {args.out}")
 
 

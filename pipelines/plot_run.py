@@ -1,9 +1,10 @@
-"""Plot a run's reward and EM curves from its TensorBoard events, as a PNG.
+"""Plot a run's reward, EM, searches and entropy curves from its TensorBoard events, as a PNG.
 
     python -m pipelines.plot_run --run runs/default --out kr1/figures/default_run.png
 
 Reads `<run>/tensorboard` (what `python -m kr1.driver` writes) and draws the training
-reward, the rollout EM and the dev-split EM against the step. Needs matplotlib
+reward, the rollout and dev-split EM, searches per episode in training and on dev, and the
+policy's entropy against the step. Needs matplotlib
 (`pip install -e ".[bench]"`).
 """
 
@@ -16,7 +17,8 @@ from typing import Sequence
 from kr1.errors import run_cli
 
 CURVES = [("reward/mean", "training reward (mean)"), ("rollout/em", "training EM (%)"), ("eval/em", "dev EM (%)"),
-          ("rollout/searches", "searches per episode")]
+          ("rollout/searches", "searches per episode (training)"), ("eval/searches", "searches per episode (dev)"),
+          ("train/entropy", "policy entropy (nats per token)")]
 
 
 def read_scalars(run: Path) -> dict[str, tuple[list[int], list[float]]]:
@@ -44,8 +46,8 @@ def plot(run: Path, out: Path) -> Path:
     scalars = read_scalars(run)
     if not scalars:
         raise FileNotFoundError(f"{run / 'tensorboard'}: no kr1 scalars to plot")
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
-    for ax, (tag, label) in zip(axes, CURVES):
+    fig, axes = plt.subplots(2, (len(CURVES) + 1) // 2, figsize=(4.2 * ((len(CURVES) + 1) // 2), 6.8))
+    for ax, (tag, label) in zip(axes.flat, CURVES):
         if tag in scalars:
             steps, values = scalars[tag]
             ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3)

@@ -90,13 +90,14 @@ def _bootstrapped_model(cfg: Config, world: Path, index: Path, progress: bool) -
     from pipelines.bootstrap_model import BOOTSTRAP_VERSION, bootstrap
 
     m = cfg.model
+    follow = f"-follow{m.bootstrap_follow_fraction:g}" if m.bootstrap_follow_fraction else ""
     out = world.parent / (f"{world.name}-model{BOOTSTRAP_VERSION}-{m.bootstrap_size}-sft{m.bootstrap_sft_steps}"
-                          f"-seed{cfg.trainer.seed}")
+                          f"{follow}-seed{cfg.trainer.seed}")
     if not (out / "config.json").is_file():
         if progress:
             _note(f"bootstrapping the {m.bootstrap_size} model in {out}")
         bootstrap(world, out, cfg.trainer.seed, m.bootstrap_size, index=index, sft_steps=m.bootstrap_sft_steps,
-                  progress=progress)
+                  progress=progress, follow_fraction=m.bootstrap_follow_fraction)
     return str(out)
 
 

@@ -33,12 +33,15 @@ class MaskedSequence:
 
 
 def gold_trajectory(tokenizer: Any, question: QARecord, hits: Sequence[Hit], max_passage_chars: int,
-                    template: str = "search_r1", miss: tuple[str, Sequence[Hit]] | None = None) -> MaskedSequence:
+                    template: str = "search_r1", miss: tuple[str, Sequence[Hit]] | None = None,
+                    follow: Sequence[Hit] | None = None) -> MaskedSequence:
     """The search-then-answer trajectory for a single-hop question.
 
     With `miss` = (wrong query, its hits), the trajectory first searches the wrong entity, sees
     that the passages do not mention the one asked about, and searches again: a tool user's
     self-correction, not the multi-hop strategy (the second query comes from the question).
+    With `follow` (the hits of a search for the answer), it looks up the name it has just read
+    before answering: the habit a bridge question needs, on a question that needs one passage.
     """
     entity, evidence = question.supporting_titles[0], question.supporting_titles[-1]
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
@@ -51,8 +54,13 @@ def gold_trajectory(tokenizer: Any, question: QARecord, hits: Sequence[Hit], max
                   (encode(f"<think>No passage is about {entity}.</think><search>{entity}</search>"), 1)]
     else:
         parts.append((encode(f"<think>I need to look up {entity}.</think><search>{entity}</search>"), 1))
-    answer = f"<think>{evidence_sentence(hits, evidence, question.golden_answers[0])}</think>" \
-             f"<answer>{question.golden_answers[0]}</answer>"
+    gold = question.golden_answers[0]
+    said = evidence_sentence(hits, evidence, gold)
+    if follow is not None:
+        parts += [(encode(info(hits)), 0),
+                  (encode(f"<think>{said} I look up {gold}.</think><search>{gold}</search>"), 1)]
+        hits, said = follow, f"{gold} has a passage too."
+    answer = f"<think>{said}</think><answer>{gold}</answer>"
     parts += [(encode(info(hits)), 0), (encode(answer) + [tokenizer.eos_token_id], 1)]
     ids = [t for part, _ in parts for t in part]
     mask = [m for part, m in parts for _ in part]

@@ -1,8 +1,9 @@
-"""A small-scale version of the embedded default's run: GRPO must raise the reward.
+"""A small-scale version of the embedded default's run: GRPO must raise the reward, and the searches.
 
 Catches a silently broken gradient path (loss not reaching the weights, weights not reaching
-the engines, advantages of the wrong sign): a handful of training questions, a few steps,
-and the greedy reward on those same questions has to go up.
+the engines, advantages of the wrong sign) and a reward that stops teaching the search
+strategy: a handful of training questions, a few steps, and reward, searches per episode and
+evidence recall have to go up, the greedy reward on those same questions too.
 """
 
 from __future__ import annotations
@@ -14,22 +15,29 @@ from kr1.data import load_questions
 from kr1.run.loop import train
 
 
-def test_grpo_raises_the_reward_on_its_training_questions(ray_session, world_dir, index_factory, tiny_model,
-                                                          tmp_path):
-    questions = [q for q in load_questions(world_dir / "single_hop.jsonl") if q.id.endswith("0")][:6]
+def test_grpo_with_the_evidence_reward_raises_reward_searches_and_evidence(ray_session, world_dir, index_factory,
+                                                                         tiny_model, tmp_path):
+    """Inference questions need the person's passage and then the parent's. Rewarded for the answer and for the
+    supporting passages it reads, the policy searches more, reads more of them, and scores more, in training and
+    greedily on the same questions."""
+    questions = [q for q in load_questions(world_dir / "train.jsonl") if q.type == "inference"][:6]
     subset = tmp_path / "train.jsonl"
     subset.write_text("".join(json.dumps(q.to_row()) + "\n" for q in questions))
     out = tmp_path / "run"
     overrides = {"data.train_path": subset, "data.dev_path": subset, "data.test_path": subset,
                  "retriever.index_dir": index_factory(2), "retriever.num_cpus_per_shard": 0.5,
                  "model.path": tiny_model, "trainer.output_dir": out, "trainer.total_steps": 16,
-                 "trainer.prompts_per_step": 6, "rollout.n_samples": 8, "rollout.temperature": 0.7,
-                 "trainer.eval_every": 16, "trainer.eval_prompts": 6, "trainer.checkpoint_every": 0,
-                 "learner.lr": 1e-3, "reward.em_weight": 1.0, "reward.f1_weight": 1.0, "algorithm.kl_coef": 0.0}
+                 "trainer.prompts_per_step": 6, "rollout.n_samples": 8, "rollout.temperature": 1.0,
+                 "trainer.eval_every": 16, "trainer.eval_prompts": 6, "trainer.checkpoint_every": 0, "learner.lr": 1e-3,
+                 "reward.em_weight": 1.0, "reward.evidence_weight": 1.0, "algorithm.kl_coef": 0.0,
+                 "algorithm.clip_eps_high": 0.28}
     history = train(load_config("default", [f"{k}={v}" for k, v in overrides.items()]), quiet=True)
-    rewards = [h["reward/mean"] for h in history]
-    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 0.1, rewards
+    mean = lambda key, steps: sum(h[key] for h in steps) / len(steps)  # noqa: E731
+    first, last = history[:4], history[-4:]
+    searches = [round(h["rollout/searches"], 2) for h in history]
+    assert mean("rollout/searches", last) > mean("rollout/searches", first) + 0.1, searches
+    assert mean("reward/mean", last) > mean("reward/mean", first) + 0.1, [h["reward/mean"] for h in history]
+    assert mean("rollout/evidence_recall", last) > mean("rollout/evidence_recall", first) + 5
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     start, end = rows[0], rows[-1]
     assert start["step"] == 0 and end["step"] == 16
