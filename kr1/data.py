@@ -17,7 +17,7 @@ import gzip
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -111,12 +111,16 @@ def validate_question(row: Any, where: str, default_id: str, question_field: str
     return QARecord(str(raw_id), problem.strip(), answers, qtype, titles, dataset)
 
 
-def validate_questions(numbered_rows: Iterable[tuple[int, Any]], origin: str) -> list[QARecord]:
-    """Validate (row number, row) pairs and reject duplicate ids and empty files."""
+def validate_questions(numbered_rows: Iterable[tuple[int, Any]], origin: str,
+                       parse: Callable[[Any, str, int], QARecord] | None = None) -> list[QARecord]:
+    """Validate (row number, row) pairs and reject duplicate ids and empty files; `parse(row, where, number)`
+    reads another source schema into a question (default: kr1's own)."""
     records: list[QARecord] = []
     seen: dict[str, int] = {}
     for number, row in numbered_rows:
-        record = validate_question(row, f"{origin}: row {number}", default_id=f"{Path(origin).stem}-{number}")
+        where = f"{origin}: row {number}"
+        record = parse(row, where, number) if parse else \
+            validate_question(row, where, default_id=f"{Path(origin).stem}-{number}")
         if record.id in seen:
             raise DataError(f"{origin}: row {number}: field 'id' {record.id!r} repeats row {seen[record.id]}")
         seen[record.id] = number

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kr1.atomic_write import atomic_directory, write_json
-from kr1.data import QUESTION_TYPES, DataError, QARecord, validate_question, write_questions_parquet
+from kr1.data import QUESTION_TYPES, DataError, QARecord, validate_question, validate_questions, write_questions_parquet
 from kr1.errors import run_cli
 
 HUB_ID = "RUC-NLPIR/FlashRAG_datasets"
@@ -92,16 +92,8 @@ def load_benchmark(source: str, name: str, split: str) -> list[QARecord]:
     except Exception as e:  # offline, missing, or unparsable: one line, not a traceback
         first = (str(e).splitlines() or [""])[0]
         raise DataError(f"{origin}: cannot load ({type(e).__name__}: {first})") from None
-    records, seen = [], {}
-    for number, row in enumerate(rows, start=1):
-        record = flashrag_record(row, f"{origin}: row {number}", name, number)
-        if record.id in seen:
-            raise DataError(f"{origin}: row {number}: field 'id' {record.id!r} repeats row {seen[record.id]}")
-        seen[record.id] = number
-        records.append(record)
-    if not records:
-        raise DataError(f"{origin}: no questions")
-    return records
+    return validate_questions(enumerate(rows, start=1), origin,
+                              lambda row, where, number: flashrag_record(row, where, name, number))
 
 
 def parse_names(names: str | Sequence[str]) -> list[str]:
