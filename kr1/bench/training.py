@@ -24,8 +24,7 @@ import torch
 from kr1.bench.table import Row, met
 from kr1.config import Config, load_config
 from kr1.data import QARecord
-from kr1.rollout.episodes import RolloutSettings, new_episodes, run_episodes
-from kr1.rollout.generation import HFGenerator
+from kr1.rollout.episodes import RolloutSettings
 from kr1.run.loop import run_steps
 from kr1.run.pools import start_retriever
 from kr1.run.training_run import TrainingRun
@@ -35,40 +34,50 @@ Progress = Callable[[str], None]
 
 
 def rollout_rows(cfg: Config, model_path: str, index_dir: Path, questions: Sequence[QARecord],
-                 progress: Progress = lambda s: None) -> list[Row]:
-    """Generated tokens/s of all episodes in one batched rollout vs the same episodes one at a time."""
+                 progress: Progress = lambda s: None, backends: Sequence[str] = ("hf",)) -> list[Row]:
+    """Generated tokens/s of all episodes in one batched rollout vs the same episodes one at a time: the
+    turn loop on `hf`, and the agent loop on each of `backends`."""
+    from kr1.bench.agent_loop import BenchEngine
+
     pool = start_retriever(cfg.retriever, index_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a rollout engine actor: Ray sets OMP_NUM_THREADS to its one CPU
+    settings = RolloutSettings.from_config(cfg, greedy=True)  # greedy: both ways do the same work
+    rows = []
     try:
-        generator = HFGenerator(model_path, seed=cfg.trainer.seed)
-        settings = RolloutSettings.from_config(cfg, greedy=True)  # greedy: both ways do the same work
+        for backend, mode in [("hf", "turn")] + [(b, "agent") for b in backends]:
+            engine = BenchEngine(backend, cfg, model_path, pool.search)
+            try:
+                def play(batch: Sequence[QARecord]) -> list[Any]:
+                    if mode == "turn":
+                        return engine.turn(batch, 1, settings, cfg.trainer.seed)
+                    return engine.agent(batch, 1, settings, cfg.trainer.seed)
 
-        def play(batch: Sequence[QARecord]) -> list[Any]:
-            episodes = new_episodes(batch, generator.tokenizer, 1, cfg.rollout.prompt_template)
-            return run_episodes(episodes, generator.generate, pool.search, generator.tokenizer, settings)
-
-        play(questions[:2])  # warm-up
-        progress(f"rollout: batch of {len(questions)}")
-        start = time.perf_counter()
-        batched = play(questions)
-        batched_s = time.perf_counter() - start
-        progress(f"rollout: {len(questions)} one at a time")
-        start = time.perf_counter()
-        single = [e for q in questions for e in play([q])]
-        single_s = time.perf_counter() - start
+                play(questions[:2])  # warm-up
+                progress(f"rollout: batch of {len(questions)} ({backend}, {mode} loop)")
+                start = time.perf_counter()
+                batched = play(questions)
+                batched_s = time.perf_counter() - start
+                progress(f"rollout: {len(questions)} one at a time ({backend}, {mode} loop)")
+                start = time.perf_counter()
+                single = [e for q in questions for e in play([q])]
+                single_s = time.perf_counter() - start
+            finally:
+                engine.close()
+            tokens_b, tokens_s = (sum(e.generated_tokens for e in eps) for eps in (batched, single))
+            rate_b, rate_s = tokens_b / batched_s, tokens_s / single_s
+            same = sum(a.response_ids == b.response_ids for a, b in zip(batched, single))
+            n = len(questions)
+            rows.append(Row("rollout batching", f"batch {n} vs 1 at a time ({backend}, {mode} loop, greedy, "
+                            f"{cfg.rollout.max_turns} turns)", f"{rate_b:,.0f} tok/s", f"{rate_s:,.0f} tok/s",
+                            rate_b / rate_s, ">= 10x at batch 64", met(rate_b / rate_s >= 10) if n == 64 else "-",
+                            f"generated tokens {tokens_b:,} vs {tokens_s:,} ({same}/{n} episodes identical); "
+                            f"{batched_s:.1f}s vs {single_s:.1f}s; 1 torch thread, as an engine actor; retrieval "
+                            "pool included"))
     finally:
         torch.set_num_threads(threads)
         pool.close()
-    tokens_b, tokens_s = (sum(e.generated_tokens for e in eps) for eps in (batched, single))
-    rate_b, rate_s = tokens_b / batched_s, tokens_s / single_s
-    same = sum(a.response_ids == b.response_ids for a, b in zip(batched, single))
-    n = len(questions)
-    return [Row("rollout batching", f"batch {n} vs 1 at a time (hf, greedy, {cfg.rollout.max_turns} turns)",
-                f"{rate_b:,.0f} tok/s", f"{rate_s:,.0f} tok/s", rate_b / rate_s, ">= 10x at batch 64",
-                met(rate_b / rate_s >= 10) if n == 64 else "-",
-                f"generated tokens {tokens_b:,} vs {tokens_s:,} ({same}/{n} episodes identical); "
-                f"{batched_s:.1f}s vs {single_s:.1f}s; 1 torch thread, as an engine actor; retrieval pool included")]
+    return rows
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -118,7 +127,8 @@ def phase_times(overrides: Sequence[str], steps: int, repeats: int,
     times.update({"retrieval": statistics.mean(retrieval[use]), "replay_rollout": statistics.mean(rollouts[use]),
                   "reward": statistics.median(reward), "reference": statistics.median(reference),
                   "serial": statistics.median(serial), "overlapped": statistics.median(overlapped),
-                  "episodes": len(episodes), "steps_kept": len(kept)})
+                  "episodes": len(episodes), "steps_kept": len(kept),
+                  "agent_mode": float(run.cfg.rollout.mode == "agent")})
     return times
 
 
@@ -149,7 +159,8 @@ def overlap_rows(t: dict[str, float]) -> list[Row]:
                 f"{t['serial']:.3f} s", t["serial"] / t["overlapped"], notes=(
                     f"ratio = serial / overlapped; {t['episodes']:.0f} episodes; reward alone {t['reward']:.3f} s, "
                     f"reference alone {t['reference']:.3f} s (medians)")),
-            Row("overlap", "retrieval ‖ generation inside the rollout", "not overlapped", "-", 1.0, notes=(
-                "run_episodes waits for each turn's search; only separate engines (rollout.num_engines > 1) "
-                f"overlap one's search with another's generation, the default runs 1; retrieval is "
-                f"{t['retrieval'] / t['replay_rollout']:.0%} of the rollout, the most overlap could save"))]
+            Row("overlap", "retrieval ‖ generation inside the rollout",
+                "streamed (agent loop)" if t["agent_mode"] else "not overlapped", "-", 1.0, notes=(
+                    "rollout.mode=agent: queries of in-flight episodes go to the retriever in batches while the "
+                    "others generate" if t["agent_mode"] else "rollout.mode=turn: each turn waits for its search"
+                ) + f"; retrieval batches take {t['retrieval'] / t['replay_rollout']:.0%} of the rollout's wall time")]

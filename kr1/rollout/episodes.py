@@ -1,4 +1,4 @@
-"""The batched multi-turn rollout: generate, parse, search, append, repeat.
+"""The turn-synchronous multi-turn rollout: generate, parse, search, append, repeat.
 
     episodes = new_episodes(questions, tokenizer, n_samples=4)
     run_episodes(episodes, generator.generate, pool.search, tokenizer, RolloutSettings.from_config(cfg))
@@ -7,7 +7,8 @@ Each turn, every live episode generates together in one call; each segment stops
 `</search>` or `</answer>`. All of the turn's queries go to the retriever in one batch,
 and the passages are appended as `<information>` with loss mask 0, so only tokens the
 model generated are ever trained on. Episodes that answer leave the batch; `max_turns`
-and the token budget end the rest.
+and the token budget end the rest. This is `rollout.mode=turn`, the baseline that
+`kr1.rollout.agent_loop` (`rollout.mode=agent`) plays per episode with the same turn functions.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Episode:
     # wall seconds of the batched searches this episode waited on, split evenly among their episodes,
     # so the sum over a batch is the rollout's retrieval time (a timing, left out of comparisons)
     search_seconds: float = field(default=0.0, compare=False)
+    # agent loop: per search, seconds from asking to reading the hits, and the size of the retriever batch
+    search_latencies: list[float] = field(default_factory=list, compare=False)
+    search_batch_sizes: list[int] = field(default_factory=list, compare=False)
 
     @property
     def length(self) -> int:
@@ -97,52 +101,75 @@ def new_episodes(questions: Sequence[QARecord], tokenizer: Any, n_samples: int,
     return episodes
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def take_segment(episode: Episode, ids: Sequence[int], tokenizer: Any, settings: RolloutSettings,
+                 last_turn: bool, feedback: Sequence[int]) -> str | None:
+    """Append one generated segment and act on it; returns the query to search, if any."""
+    episode.append(ids, generated=True)
+    action = parse_action(tokenizer.decode(ids, skip_special_tokens=False))
+    episode.actions.append(action.kind)
+    if action.kind == "answer":
+        episode.answer, episode.finish = action.content, "answer"
+    elif action.kind == "search":
+        episode.queries.append(action.content)
+        return None if last_turn else action.content
+    else:
+        episode.empty_queries += int(action.reason == "empty query")
+        if not last_turn:
+            episode.append(feedback[:settings.max_total_tokens - episode.length], generated=False)
+    return None
+
+
+def take_hits(episode: Episode, hits: Sequence[Hit], tokenizer: Any, settings: RolloutSettings) -> None:
+    """Append the passages a search returned as <information> (loss mask 0)."""
+    episode.retrieved_ids.append([h.id for h in hits])
+    episode.retrieved_titles.append([h.title for h in hits])
+    info = format_information([(h.title, h.text) for h in hits], settings.max_passage_chars)
+    episode.append(encode(tokenizer, info)[:settings.max_total_tokens - episode.length], generated=False)
+
+
+def turn_budget(episode: Episode, settings: RolloutSettings) -> int:
+    """New tokens the next segment may take; 0 ends the episode (`max_tokens`)."""
+    if episode.length >= settings.max_total_tokens:
+        episode.finish = episode.finish or "max_tokens"
+        return 0
+    return min(settings.max_new_tokens_per_turn, settings.max_total_tokens - episode.length)
+
+
+def close_episode(episode: Episode, tokenizer: Any, settings: RolloutSettings) -> None:
+    """Name why an unfinished episode stopped and decode its response for people to read."""
+    if not episode.finish:
+        episode.finish = "max_tokens" if episode.length >= settings.max_total_tokens else "max_turns"
+    episode.response_text = tokenizer.decode(episode.response_ids, skip_special_tokens=False)
 
 
 def run_episodes(episodes: list[Episode], generate: GenerateFn, search: SearchFn, tokenizer: Any,
                  settings: RolloutSettings) -> list[Episode]:
     """Play every episode to its end, all live ones together each turn; returns `episodes`."""
-    feedback = _encode(tokenizer, INVALID_FEEDBACK)
+    feedback = encode(tokenizer, INVALID_FEEDBACK)
     for turn in range(settings.max_turns):
-        for episode in episodes:
-            if not episode.finish and episode.length >= settings.max_total_tokens:
-                episode.finish = "max_tokens"
-        live = [e for e in episodes if not e.finish]
+        live = [e for e in episodes if not e.finish and turn_budget(e, settings)]
         if not live:
             break
-        last_turn = turn == settings.max_turns - 1
-        budgets = [min(settings.max_new_tokens_per_turn, settings.max_total_tokens - e.length) for e in live]
-        outputs = generate([e.prompt_ids + e.response_ids for e in live], budgets, settings.temperature,
-                           settings.top_p)
+        outputs = generate([e.prompt_ids + e.response_ids for e in live], [turn_budget(e, settings) for e in live],
+                           settings.temperature, settings.top_p)
         searching: list[tuple[Episode, str]] = []
         for episode, ids in zip(live, outputs):
-            episode.append(ids, generated=True)
-            action = parse_action(tokenizer.decode(ids, skip_special_tokens=False))
-            episode.actions.append(action.kind)
-            if action.kind == "answer":
-                episode.answer, episode.finish = action.content, "answer"
-            elif action.kind == "search":
-                episode.queries.append(action.content)
-                if not last_turn:
-                    searching.append((episode, action.content))
-            else:
-                episode.empty_queries += int(action.reason == "empty query")
-            if action.kind == "invalid" and not last_turn:
-                episode.append(feedback[:settings.max_total_tokens - episode.length], generated=False)
+            query = take_segment(episode, ids, tokenizer, settings, turn == settings.max_turns - 1, feedback)
+            if query is not None:
+                searching.append((episode, query))
         if searching:
             start = time.perf_counter()
             results = search([query for _, query in searching])
             share = (time.perf_counter() - start) / len(searching)
             for (episode, _), hits in zip(searching, results):
                 episode.search_seconds += share
-                episode.retrieved_ids.append([h.id for h in hits])
-                episode.retrieved_titles.append([h.title for h in hits])
-                info = format_information([(h.title, h.text) for h in hits], settings.max_passage_chars)
-                episode.append(_encode(tokenizer, info)[:settings.max_total_tokens - episode.length], generated=False)
+                episode.search_latencies.append(share * len(searching))
+                episode.search_batch_sizes.append(len(searching))
+                take_hits(episode, hits, tokenizer, settings)
     for episode in episodes:
-        if not episode.finish:
-            episode.finish = "max_tokens" if episode.length >= settings.max_total_tokens else "max_turns"
-        episode.response_text = tokenizer.decode(episode.response_ids, skip_special_tokens=False)
+        close_episode(episode, tokenizer, settings)
     return episodes

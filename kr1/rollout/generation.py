@@ -11,7 +11,9 @@ backends, so the same greedy model gives the same episodes on either.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -44,18 +46,43 @@ def end_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
 
 
 def cut_at_stop(ids: Sequence[int], tokenizer: Any, end_ids: set[int], limit: int,
-                stop_strings: Sequence[str] = STOP_STRINGS) -> list[int]:
-    """Keep ids up to the first end token or the token completing a stop string, at most `limit`."""
+                stop_strings: Sequence[str] = STOP_STRINGS, pieces: dict[int, str] | None = None) -> list[int]:
+    """Keep ids up to the first end token or the token completing a stop string, at most `limit`.
+
+    `pieces` caches each token's text across calls (an engine keeps one), so a token is decoded once."""
+    pieces = {} if pieces is None else pieces
     text = ""
     longest = max(len(s) for s in stop_strings)
     for j, token in enumerate(ids[:limit]):
         if token in end_ids:
             return list(ids[:j + 1])
-        piece = tokenizer.decode([token], skip_special_tokens=False)
+        piece = pieces.get(token)
+        if piece is None:
+            piece = pieces[token] = tokenizer.decode([token], skip_special_tokens=False)
         text = (text + piece)[-(longest + len(piece)):]
         if any(s in text for s in stop_strings):
             return list(ids[:j + 1])
     return list(ids[:limit])
+
+
+class SeededSampling:
+    """Sampling with each row's own seed (Gumbel-max: argmax of logits/T plus Gumbel noise drawn from
+    the row's generator), so a row's tokens do not depend on its batch-mates; used as a logits
+    processor of greedy `generate`."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, prompt_width: int) -> None:
+        self.seeds, self.temperature, self.top_p, self.prompt_width = list(seeds), temperature, top_p, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.prompt_width
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:  # nucleus: drop the tail beyond top_p, always keeping the most likely token
+            ordered, order = scores.sort(dim=-1, descending=True)
+            tail = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= self.top_p
+            scores = scores.scatter(-1, order, ordered.masked_fill(tail, float("-inf")))
+        noise = torch.stack([torch.rand(scores.shape[-1], generator=torch.Generator().manual_seed(
+            (seed * 1_000_003 + step) % (2**63 - 1))) for seed in self.seeds])
+        return scores + (-torch.log(-torch.log(noise.clamp_min(1e-20)))).to(scores.device)
 
 
 def resolve_model_files(path: str, gguf_file: str | None) -> dict[str, Any]:
@@ -86,11 +113,19 @@ class HFGenerator:
         self.model.to(self.device).eval()
         self.end_ids = end_token_ids(self.tokenizer, self.model.generation_config)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.end_ids)
+        # built once: transformers rebuilds its stop-string tables on every call given `stop_strings`
+        # (0.5 s of CPU per call at Qwen's 152k vocabulary)
+        from transformers import StopStringCriteria, StoppingCriteriaList
+
+        self.stopping = StoppingCriteriaList([StopStringCriteria(self.tokenizer, list(STOP_STRINGS))])
+        self.pieces: dict[int, str] = {}
         torch.manual_seed(seed)
 
     @torch.no_grad()
     def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
-                 top_p: float = 1.0) -> list[list[int]]:
+                 top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[list[int]]:
+        """One segment per context; with `seeds`, each row samples with its own seed (`SeededSampling`),
+        otherwise from the global torch generator (the turn loop's sampling)."""
         if not contexts:
             return []
         width = max(len(c) for c in contexts)
@@ -99,14 +134,19 @@ class HFGenerator:
         for i, context in enumerate(contexts):
             input_ids[i, width - len(context):] = torch.tensor(context, dtype=torch.long)
             attention[i, width - len(context):] = 1
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
-            "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if temperature > 0 and seeds is not None:
+            seeded = SeededSampling(seeds, temperature, top_p, width)
+            sampling: dict[str, Any] = {**greedy, "logits_processor": [seeded]}
+        else:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else greedy
         out = self.model.generate(
             input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
-            max_new_tokens=max(max_new_tokens), stop_strings=list(STOP_STRINGS), tokenizer=self.tokenizer,
+            max_new_tokens=max(max_new_tokens), stopping_criteria=self.stopping,
             pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids), **sampling)
         new = out[:, width:].tolist()
-        return [cut_at_stop(ids, self.tokenizer, self.end_ids, limit) for ids, limit in zip(new, max_new_tokens)]
+        return [cut_at_stop(ids, self.tokenizer, self.end_ids, limit, pieces=self.pieces)
+                for ids, limit in zip(new, max_new_tokens)]
 
     def load_state_dict(self, parts: Iterable[dict[str, torch.Tensor]]) -> None:
         """Load a state dict given in parts (buckets), casting to the model's dtype; every weight once."""
@@ -176,6 +216,7 @@ class VLLMGenerator:
                            enforce_eager=enforce_eager or not torch.cuda.is_available(), **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.end_ids = end_token_ids(self.tokenizer)
+        self.pieces: dict[int, str] = {}
         self.seed = seed
         self.calls = 0
 
@@ -194,7 +235,7 @@ class VLLMGenerator:
                   for i, limit in enumerate(max_new_tokens)]
         prompts = [TokensPrompt(prompt_token_ids=list(c)) for c in contexts]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [cut_at_stop(list(o.outputs[0].token_ids), self.tokenizer, self.end_ids, limit)
+        return [cut_at_stop(list(o.outputs[0].token_ids), self.tokenizer, self.end_ids, limit, pieces=self.pieces)
                 for o, limit in zip(outputs, max_new_tokens)]
 
     def load_state_dict(self, parts: Iterable[dict[str, torch.Tensor]]) -> None:
@@ -217,16 +258,156 @@ class VLLMGenerator:
     def reseed(self, seed: int) -> None:
         self.seed, self.calls = seed, 0
 
+    def control(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call one of the engine's own methods (sleep, wake_up, the weight-transfer control plane)."""
+        return getattr(self.llm, method)(*args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
 
 def _load_weights_into_worker(worker: Any, state: dict[str, torch.Tensor]) -> None:
     # runs inside vLLM's worker: in-place reload maps HF names onto fused, repacked layers
     worker.reload_weights(weights_iterator=iter(list(state.items())), is_checkpoint_format=True)
 
 
-def make_generator(backend: str, model_path: str, **kwargs: Any) -> Generator:
-    """The generator for `rollout.backend`."""
+def _load_serialized_weights_into_worker(worker: Any, blob: bytes) -> bool:
+    # the async engine's worker is another process: the part arrives as torch.save bytes
+    import io
+
+    state = torch.load(io.BytesIO(blob), weights_only=True)
+    worker.reload_weights(weights_iterator=iter(list(state.items())), is_checkpoint_format=True)
+    return True
+
+
+class VLLMAsyncGenerator:
+    """Continuous batching with vLLM's `AsyncLLM`: every segment is its own request, so an episode whose
+    segment ended re-enters the running batch while others still decode. Prefix caching is on, so a
+    continued episode does not recompute its context. The engine core runs in child processes; its
+    coroutines run on `loop` (one per engine actor), and the blocking methods wrap them for the turn loop."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, gguf_file: str | None = None,
+                 max_model_len: int = 2048, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
+                 enforce_eager: bool = False, enable_sleep_mode: bool = False, weight_sync: str = "object_store",
+                 loop: Any = None) -> None:
+        from kr1.rollout.agent_loop import BackgroundLoop
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # vLLM logs every call at INFO/WARNING
+        # the object-store weight load sends a function to the engine's worker process, which vLLM only
+        # pickles when allowed; the engine is this actor's own child, not a network service
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        resolve_model_files(model_path, gguf_file)
+        self.own_loop = loop is None
+        self.loop = loop or BackgroundLoop()
+        model = str(Path(model_path) / gguf_file) if gguf_file else model_path
+        kwargs: dict[str, Any] = {}
+        if torch.cuda.is_available():
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
+            if weight_sync in ("cuda_ipc", "nccl"):
+                kwargs["weight_transfer_config"] = {"backend": "ipc" if weight_sync == "cuda_ipc" else "nccl"}
+        args = dict(model=model, tokenizer=model_path if gguf_file else None, dtype=dtype, seed=seed,
+                    max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                    enforce_eager=enforce_eager or not torch.cuda.is_available(), enable_prefix_caching=True,
+                    disable_log_stats=True, **kwargs)
+        if not torch.cuda.is_available():
+            # a prefill split across steps makes vLLM rewind the request's seeded generator, which a CPU
+            # generator cannot do: each step takes whole prompts
+            args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len))
+        self.llm = self.loop.run(self._start(args))
+        self.tokenizer = self.llm.tokenizer
+        self.end_ids = end_token_ids(self.tokenizer)
+        self.pieces: dict[int, str] = {}
+        self.seed, self.calls, self.requests = seed, 0, 0
+
+    @staticmethod
+    async def _start(args: dict[str, Any]) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        with _llvmlite_hidden():
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+
+    def _params(self, max_new_tokens: int, temperature: float, top_p: float, seed: int, **extra: Any) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(max_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p if temperature > 0 else 1.0, stop=list(STOP_STRINGS),
+                              include_stop_str_in_output=True, stop_token_ids=sorted(self.end_ids),
+                              skip_special_tokens=False, seed=seed, **extra)
+
+    async def _request(self, context: Sequence[int], params: Any) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        self.requests += 1
+        final = None
+        async for output in self.llm.generate(TokensPrompt(prompt_token_ids=list(context)), params,
+                                              request_id=f"kr1-{self.requests}"):
+            final = output
+        return final
+
+    async def agenerate(self, context: list[int], max_new_tokens: int, temperature: float, top_p: float,
+                        seed: int) -> list[int]:
+        """One segment of one episode (the agent loop's call)."""
+        output = await self._request(context, self._params(max_new_tokens, temperature, top_p, seed))
+        return cut_at_stop(list(output.outputs[0].token_ids), self.tokenizer, self.end_ids, max_new_tokens,
+                           pieces=self.pieces)
+
+    def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
+                 top_p: float = 1.0) -> list[list[int]]:
+        """A whole turn at once (the turn loop on this engine): every segment submitted, all awaited."""
+        if not contexts:
+            return []
+        self.calls += 1
+        seeds = [(self.seed * 1_000_003 + self.calls * 10_007 + i) % (2**31) for i in range(len(contexts))]
+
+        async def turn() -> list[list[int]]:
+            return list(await asyncio.gather(*(self.agenerate(list(c), n, temperature, top_p, s)
+                                               for c, n, s in zip(contexts, max_new_tokens, seeds))))
+        return self.loop.run(turn())
+
+    def load_state_dict(self, parts: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Load Hugging Face-named weights part by part into the engine's worker processes."""
+        import io
+
+        for part in parts:
+            blob = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in part.items()}, blob)
+            self.loop.run(self.llm.collective_rpc(_load_serialized_weights_into_worker, args=(blob.getvalue(),)))
+        self.loop.run(self.llm.reset_prefix_cache())  # cached KV was computed with the old weights
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+
+        async def score() -> list[Any]:
+            return list(await asyncio.gather(*(self._request(s, params) for s in sequences)))
+        outputs = self.loop.run(score())
+        return [[next(iter(p.values())).logprob if len(p) == 1 else p[tok].logprob
+                 for p, tok in zip(o.prompt_logprobs[1:], seq[1:])] for o, seq in zip(outputs, sequences)]
+
+    def reseed(self, seed: int) -> None:
+        self.seed, self.calls = seed, 0
+
+    def control(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call one of the engine's own methods (sleep, wake_up, the weight-transfer control plane)."""
+        result = getattr(self.llm, method)(*args, **kwargs)
+        return self.loop.run(result) if inspect.isawaitable(result) else result
+
+    def close(self) -> None:
+        """Stop the engine's processes (on its loop, whose output handler it cancels)."""
+        async def shutdown() -> None:
+            self.llm.shutdown()
+        self.loop.run(shutdown())
+        if self.own_loop:
+            self.loop.close()
+
+
+def make_generator(backend: str, model_path: str, mode: str = "turn", **kwargs: Any) -> Generator:
+    """The generator for `rollout.backend`; vLLM's agent loop runs on its async engine."""
     if backend == "hf":
         return HFGenerator(model_path, **{k: v for k, v in kwargs.items() if k in ("dtype", "seed", "gguf_file")})
     if backend == "vllm":
-        return VLLMGenerator(model_path, **kwargs)
+        return VLLMAsyncGenerator(model_path, **kwargs) if mode == "agent" else VLLMGenerator(model_path, **kwargs)
     raise ValueError(f"unknown rollout backend {backend!r} (hf or vllm)")

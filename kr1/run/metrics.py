@@ -58,6 +58,19 @@ def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str,
     }
 
 
+def search_metrics(episodes: Sequence[Any], rollout_seconds: float) -> dict[str, float]:
+    """How queries reached the retriever during one rollout: queries per second of rollout wall time, the
+    retriever batch each query rode in (mean size), and each query's wait from asking to reading its
+    passages (p50, p95, in ms)."""
+    latencies = np.array([x for e in episodes for x in e.search_latencies], dtype=np.float64)
+    if not latencies.size:
+        return {}
+    sizes = [x for e in episodes for x in e.search_batch_sizes]
+    return {"queries_per_s": latencies.size / max(rollout_seconds, 1e-9), "batch_size": float(np.mean(sizes)),
+            "latency_p50_ms": 1000 * float(np.percentile(latencies, 50)),
+            "latency_p95_ms": 1000 * float(np.percentile(latencies, 95))}
+
+
 def metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     """A markdown table: one row per named result, the columns of TABLE_COLUMNS (+ per-type EM if present)."""
     columns = dict(TABLE_COLUMNS)

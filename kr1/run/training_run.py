@@ -29,7 +29,7 @@ from kr1.errors import writes_to
 from kr1.rollout.rewards import EpisodeScores, reward_weights, score_episodes
 from kr1.run.assets import resolve_assets
 from kr1.run.evaluation import evaluate
-from kr1.run.metrics import episode_metrics, metrics_table
+from kr1.run.metrics import episode_metrics, metrics_table, search_metrics
 from kr1.run.placement import Placement, check_cluster_fits
 from kr1.run.pools import start_engines, start_retriever
 from kr1.run.resume_check import INPUTS_FILE, check_resume, input_fingerprints
@@ -180,6 +180,7 @@ class TrainingRun:
         generated = sum(e.generated_tokens for e in episodes)
         metrics = {"reward/mean": rollout.pop("reward_mean"), "reward/std": rollout.pop("reward_std"),
                    **{f"rollout/{k}": v for k, v in {**rollout, **self.sampling}.items()},
+                   **{f"search/{k}": v for k, v in search_metrics(episodes, times.get("rollout", 0.0)).items()},
                    **{f"train/{k}": v for k, v in train.items()}, **evaluation,
                    **{f"time/{k}": v for k, v in times.items()},
                    "time/step": sum(times.values()),
