@@ -29,7 +29,7 @@ from kr1.config import Config
 from kr1.data import QARecord
 from kr1.rollout.agent_loop import BackgroundLoop, QueryBatcher, SegmentBatcher, play_episodes
 from kr1.rollout.episodes import Episode, RolloutSettings, new_episodes, run_episodes
-from kr1.rollout.generation import make_generator
+from kr1.rollout.async_vllm import make_generator
 
 # ([state dict ref], version): the ref inside a list so that Ray passes it without fetching it
 Weights = tuple[list[ray.ObjectRef], int]

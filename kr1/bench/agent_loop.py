@@ -45,7 +45,7 @@ class BenchEngine:
     """One backend's engine with both loops over it, as a rollout engine actor drives them."""
 
     def __init__(self, backend: str, cfg: Config, model_path: str, search: Callable) -> None:
-        from kr1.rollout.generation import make_generator
+        from kr1.rollout.async_vllm import make_generator
 
         self.backend, self.cfg, self.search = backend, cfg, search
         self.loop = BackgroundLoop()

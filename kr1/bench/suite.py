@@ -37,13 +37,15 @@ class BenchSize:
     steps: int  # driver steps of the step breakdown
     config_overrides: tuple[str, ...]  # dotted overrides of the default config, for every benchmark
     large_corpus: bool  # retrieval on the ~115k-passage corpus (else the world's own corpus)
-    batching_every_backend: bool  # the batching rows on every installed backend (else the turn loop on hf only)
+    batching_every_backend: bool  # batching and agent-loop rows on every installed backend (else on hf only)
+    step_modes: bool  # driver steps under each rollout.mode, timed (the agent benchmark)
 
 
 SIZES = {
-    "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, (2048, 4096), 1024, 3, (), True, True),
+    "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, (2048, 4096), 1024, 3, (), True, True, True),
     "tiny": BenchSize(8, 200, 5, 1, 32, 16, 16, 1024, (256, 512), 128, 2,
-                      ("trainer.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_turns=2"), False, False),
+                      ("trainer.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_turns=2"), False, False,
+                      False),
 }
 
 
@@ -88,8 +90,12 @@ def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, in
             from kr1.bench.agent_loop import agent_loop_rows
 
             questions = assets.questions("train")[:cfg.trainer.prompts_per_step]
-            rows += agent_loop_rows(cfg, assets.model_path, assets.index_dir, questions, engine_backends(),
-                                    s.repeats, progress)
+            backends = engine_backends() if s.batching_every_backend else ("hf",)
+            rows += agent_loop_rows(cfg, assets.model_path, assets.index_dir, questions, backends, s.repeats, progress)
+            if s.step_modes:
+                from kr1.bench.training import step_mode_rows
+
+                rows += step_mode_rows(overrides, s.steps + 2, engine_backends(), progress)
             bar.update()
         if "retrieval" in only:
             from kr1.bench.retrieval import retrieval_rows

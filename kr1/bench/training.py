@@ -86,6 +86,32 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def step_mode_rows(overrides: Sequence[str], steps: int, backends: Sequence[str] = ("hf",),
+                   progress: Progress = lambda s: None) -> list[Row]:
+    """Driver step and rollout time of the default config: the turn loop on hf (before) against the agent
+    loop on each backend (same seeds and prompts)."""
+    times = {}
+    for backend, mode in [("hf", "turn")] + [(b, "agent") for b in backends]:
+        progress(f"step: {steps} driver steps, {backend}, rollout.mode={mode}")
+        with tempfile.TemporaryDirectory(prefix="kr1-bench-") as tmp:
+            run = TrainingRun(load_config("default", [
+                *overrides, f"rollout.backend={backend}", f"rollout.mode={mode}", f"trainer.total_steps={steps}",
+                "trainer.eval_every=0", "trainer.checkpoint_every=0", f"trainer.output_dir={tmp}"]), quiet=True)
+            try:
+                kept = run_steps(run, quiet=True)[1:]  # the first step also pays warm-ups
+            finally:
+                run.close()
+        times[backend, mode] = {k: statistics.mean(h[k] for h in kept)
+                                for k in ("time/step", "time/rollout", "time/sync_weights")}
+    base = times["hf", "turn"]
+    return [Row("step time", f"{what}: {backend} agent loop vs hf turn loop", f"{t[key]:.2f} s", f"{base[key]:.2f} s",
+                base[key] / t[key], notes=f"time/* of kr1.run.loop, mean of {steps - 1} steps after the first; "
+                f"ratio = before / after; weight sync {t['time/sync_weights']:.3f} s vs "
+                f"{base['time/sync_weights']:.3f} s")
+            for (backend, mode), t in times.items() if mode == "agent"
+            for what, key in (("step", "time/step"), ("rollout", "time/rollout"))]
+
+
 def phase_times(overrides: Sequence[str], steps: int, repeats: int,
                 progress: Progress = lambda s: None) -> dict[str, float]:
     """Seconds per phase: `steps` driver steps of the default config with `overrides` (the mean of

@@ -130,6 +130,12 @@ def test_retrieval_streams_while_other_episodes_generate(loop, generator, questi
     searches, generates = timeline.calls("search"), timeline.calls("generate")
     assert all(len(args[0]) <= 8 for *_, args, _ in searches)
     assert sum(len(args[0]) for *_, args, _ in searches) == sum(len(e.retrieved_ids) for e in episodes)
+    from kr1.run.metrics import search_metrics
+
+    wall = max(e[2] for e in timeline.events) - min(e[1] for e in timeline.events)
+    logged = search_metrics(episodes, rollout_seconds=wall)
+    assert 1 <= logged["batch_size"] <= 8 and logged["queries_per_s"] > 0
+    assert logged["latency_p95_ms"] >= logged["latency_p50_ms"] >= 300  # every search waited for its slow batch
     overlapping = [s for s in searches if any(g[1] < s[2] and s[1] < g[2] for g in generates)]
     assert overlapping, "no retriever batch ran while the model generated"
     assert max(len(args[0]) for *_, args, _ in generates) < len(episodes) or len(generates) > 4
@@ -162,7 +168,7 @@ def test_query_batcher_flushes_by_size_and_by_time_and_passes_errors(loop, retri
 
 def test_vllm_async_engine_plays_the_same_greedy_episodes_and_seeds_samples_per_episode(
         loop, generator, questions, retriever_pool, tiny_model, trace):
-    from kr1.rollout.generation import VLLMAsyncGenerator
+    from kr1.rollout.async_vllm import VLLMAsyncGenerator
 
     engine = VLLMAsyncGenerator(str(tiny_model), max_model_len=1024, loop=loop)
     try:
