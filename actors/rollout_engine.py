@@ -30,6 +30,7 @@ from kr1.data import QARecord
 from kr1.rollout.agent_loop import BackgroundLoop, QueryBatcher, SegmentBatcher, play_episodes
 from kr1.rollout.episodes import Episode, RolloutSettings, new_episodes, run_episodes
 from kr1.rollout.async_vllm import make_generator
+from kr1.rollout.generation import generation_executor
 
 # ([state dict ref], version): the ref inside a list so that Ray passes it without fetching it
 Weights = tuple[list[ray.ObjectRef], int]
@@ -52,7 +53,7 @@ class RolloutEngine:
             **extra)
         # the agent loop's segment calls: the async engine's own, or batches over hf's blocking generate
         self.agenerate = getattr(self.generator, "agenerate", None) or (
-            SegmentBatcher(self.generator.generate).generate if self.loop else None)
+            SegmentBatcher(self.generator.generate, generation_executor()).generate if self.loop else None)
         self.rollouts = 0
         self.tokenizer = self.generator.tokenizer
         self.retriever = retriever

@@ -89,8 +89,10 @@ class ModelConfig:
 class RolloutConfig:
     backend: str = "hf"
     # agent: each episode plays on its own over a continuously batching engine (vLLM's AsyncLLM; for hf, a
-    # segment batcher); turn: all live episodes generate together, turn by turn (the baseline)
-    mode: str = "agent"
+    # segment batcher); turn: all live episodes generate together, turn by turn. turn is the default because it
+    # measured faster on the embedded CPU default (kr1.bench "step time" rows: one-thread CPU decoding is
+    # compute-bound, so continuous batching saves no work there)
+    mode: str = "turn"
     # the agent loop's retriever batches: sent at this many queries, or this long after the first arrived
     search_batch_size: int = 32
     search_flush_ms: float = 5.0

@@ -69,6 +69,10 @@ def test_wrong_type_in_yaml(tmp_path):
 def test_value_outside_choices_names_the_key():
     with pytest.raises(ConfigError, match=r"'rollout\.backend'.*hf, vllm"):
         load_config("default", ["rollout.backend=tgi"])
+    with pytest.raises(ConfigError, match=r"'rollout\.mode'.*agent, turn"):
+        load_config("default", ["rollout.mode=async"])
+    with pytest.raises(ConfigError, match=r"'rollout\.search_flush_ms'.*positive"):
+        load_config("default", ["rollout.search_flush_ms=0"])
 
 
 def test_non_positive_count_is_rejected():

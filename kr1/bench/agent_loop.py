@@ -46,13 +46,15 @@ class BenchEngine:
 
     def __init__(self, backend: str, cfg: Config, model_path: str, search: Callable) -> None:
         from kr1.rollout.async_vllm import make_generator
+        from kr1.rollout.generation import generation_executor
 
         self.backend, self.cfg, self.search = backend, cfg, search
         self.loop = BackgroundLoop()
         r = cfg.rollout
         extra = {"loop": self.loop, "max_model_len": r.max_total_tokens} if backend == "vllm" else {}
         self.generator = make_generator(backend, model_path, mode="agent", seed=cfg.trainer.seed, **extra)
-        self.agenerate = getattr(self.generator, "agenerate", None) or SegmentBatcher(self.generator.generate).generate
+        self.agenerate = getattr(self.generator, "agenerate", None) or SegmentBatcher(
+            self.generator.generate, generation_executor()).generate
         self.tokenizer = self.generator.tokenizer
 
     def episodes(self, questions: Sequence[QARecord], n: int) -> list[Episode]:

@@ -101,15 +101,19 @@ def step_mode_rows(overrides: Sequence[str], steps: int, backends: Sequence[str]
                 kept = run_steps(run, quiet=True)[1:]  # the first step also pays warm-ups
             finally:
                 run.close()
-        times[backend, mode] = {k: statistics.mean(h[k] for h in kept)
-                                for k in ("time/step", "time/rollout", "time/sync_weights")}
+        times[backend, mode] = {k: statistics.mean(h[k] for h in kept) for k in (
+            "time/step", "time/rollout", "time/sync_weights", "throughput/rollout_tokens_per_s")}
     base = times["hf", "turn"]
-    return [Row("step time", f"{what}: {backend} agent loop vs hf turn loop", f"{t[key]:.2f} s", f"{base[key]:.2f} s",
-                base[key] / t[key], notes=f"time/* of kr1.run.loop, mean of {steps - 1} steps after the first; "
-                f"ratio = before / after; weight sync {t['time/sync_weights']:.3f} s vs "
-                f"{base['time/sync_weights']:.3f} s")
-            for (backend, mode), t in times.items() if mode == "agent"
-            for what, key in (("step", "time/step"), ("rollout", "time/rollout"))]
+    tps = "throughput/rollout_tokens_per_s"
+    return [row for (backend, mode), t in times.items() if mode == "agent" for row in (
+        Row("step time", f"step: {backend} agent loop vs hf turn loop", f"{t['time/step']:.2f} s",
+            f"{base['time/step']:.2f} s", base["time/step"] / t["time/step"],
+            notes=f"time/* of kr1.run.loop, mean of {steps - 1} steps after the first; ratio = before / after; "
+            f"rollout {t['time/rollout']:.2f} s vs {base['time/rollout']:.2f} s; weight sync "
+            f"{t['time/sync_weights']:.3f} s vs {base['time/sync_weights']:.3f} s"),
+        Row("step time", f"rollout tokens/s in the driver: {backend} agent loop vs hf turn loop",
+            f"{t[tps]:,.0f} tok/s", f"{base[tps]:,.0f} tok/s", t[tps] / base[tps],
+            notes="engine actors, sampled episodes of the same prompts"))]
 
 
 def phase_times(overrides: Sequence[str], steps: int, repeats: int,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
@@ -68,19 +69,26 @@ class SeededSampling:
     the row's generator), so a row's tokens do not depend on its batch-mates; used as a logits
     processor of greedy `generate`."""
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, prompt_width: int) -> None:
-        self.seeds, self.temperature, self.top_p, self.prompt_width = list(seeds), temperature, top_p, prompt_width
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        self.temperature, self.top_p = temperature, top_p
+        # one generator per row for the whole call: its t-th draw is the row's noise at step t
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        step = input_ids.shape[1] - self.prompt_width
         scores = scores.float() / self.temperature
         if self.top_p < 1.0:  # nucleus: drop the tail beyond top_p, always keeping the most likely token
             ordered, order = scores.sort(dim=-1, descending=True)
             tail = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= self.top_p
             scores = scores.scatter(-1, order, ordered.masked_fill(tail, float("-inf")))
-        noise = torch.stack([torch.rand(scores.shape[-1], generator=torch.Generator().manual_seed(
-            (seed * 1_000_003 + step) % (2**63 - 1))) for seed in self.seeds])
+        noise = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
         return scores + (-torch.log(-torch.log(noise.clamp_min(1e-20)))).to(scores.device)
+
+
+def generation_executor() -> ThreadPoolExecutor:
+    """One thread for a blocking generator's batches, with the caller's torch thread count (a new thread
+    would take OpenMP's default, all cores, where an engine actor is given one)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="kr1-generate", initializer=torch.set_num_threads,
+                              initargs=(torch.get_num_threads(),))
 
 
 def resolve_model_files(path: str, gguf_file: str | None) -> dict[str, Any]:
@@ -134,7 +142,7 @@ class HFGenerator:
             attention[i, width - len(context):] = 1
         greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if temperature > 0 and seeds is not None:
-            seeded = SeededSampling(seeds, temperature, top_p, width)
+            seeded = SeededSampling(seeds, temperature, top_p)
             sampling: dict[str, Any] = {**greedy, "logits_processor": [seeded]}
         else:
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else greedy

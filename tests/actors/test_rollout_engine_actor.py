@@ -22,7 +22,9 @@ needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
 
 
 def _config(backend, engines=1, **extra):
-    items = {"rollout.backend": backend, "rollout.num_engines": engines, "rollout.max_total_tokens": 768, **extra}
+    # engines play the agent loop here (AsyncLLM for vllm): weight sync and restarts hold on it as on the turn loop
+    items = {"rollout.backend": backend, "rollout.num_engines": engines, "rollout.max_total_tokens": 768,
+             "rollout.mode": "agent", **extra}
     return load_config("default", [f"{k}={v}" for k, v in items.items()])
 
 
