@@ -33,8 +33,7 @@ TINY_SFT_STEPS = 250
 # the trained run (and its resumed twin): separate reference workers, so that every role has actors; DAPO's
 # dynamic sampling and clip-higher and the evidence reward, so that resuming them is exact too
 TRAINED_RUN = {"trainer.total_steps": 3, "reference.placement": "separate", "reference.num_workers": 2,
-               "algorithm.dynamic_sampling": True, "reward.evidence_weight": 0.5, "algorithm.clip_eps_high": 0.28,
-               "rollout.mode": "agent"}  # the agent loop, so the exact-resume test holds it to per-episode seeds
+               "algorithm.dynamic_sampling": True, "reward.evidence_weight": 0.5, "algorithm.clip_eps_high": 0.28}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -135,8 +135,10 @@ def _segment_lengths(e: Episode) -> list[int]:
 
 
 def agent_loop_rows(cfg: Config, model_path: str | Path, index_dir: Path, questions: Sequence[QARecord],
-                    backends: Sequence[str], repeats: int = 3, progress: Progress = lambda s: None) -> list[Row]:
-    """Agent loop vs turn loop per backend (default and heavy-tailed workloads), and vs the limit."""
+                    backends: Sequence[str], repeats: int = 3, progress: Progress = lambda s: None,
+                    heavy_tail: bool = True) -> list[Row]:
+    """Agent loop vs turn loop per backend (default and, with `heavy_tail`, heavy-tailed workloads), and vs
+    the limit."""
     pool = start_retriever(cfg.retriever, index_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a rollout engine actor: Ray sets OMP_NUM_THREADS to its one CPU
@@ -152,7 +154,7 @@ def agent_loop_rows(cfg: Config, model_path: str | Path, index_dir: Path, questi
                 engine.agent(questions[:2], 2, settings, 0)  # warm-ups
                 engine.turn(questions[:2], 2, settings, 0)
                 measured = {}
-                for name, qs in (("default", questions), ("heavy tail", tail)):
+                for name, qs in (("default", questions), ("heavy tail", tail))[:2 if heavy_tail else 1]:
                     progress(f"agent loop: {backend}, {name}")
                     seeds = iter(range(1, 1000))
                     measured[name] = (_rate(lambda: engine.turn(qs, n, settings, next(seeds)), repeats),

@@ -91,7 +91,8 @@ def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, in
 
             questions = assets.questions("train")[:cfg.trainer.prompts_per_step]
             backends = engine_backends() if s.batching_every_backend else ("hf",)
-            rows += agent_loop_rows(cfg, assets.model_path, assets.index_dir, questions, backends, s.repeats, progress)
+            rows += agent_loop_rows(cfg, assets.model_path, assets.index_dir, questions, backends, s.repeats, progress,
+                                    heavy_tail=s.batching_every_backend)
             if s.step_modes:
                 from kr1.bench.training import step_mode_rows
 

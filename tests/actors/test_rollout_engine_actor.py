@@ -84,6 +84,11 @@ def test_hf_and_vllm_give_the_same_greedy_episodes_of_a_checkpoint(policy, vllm_
         [(e.answer, e.queries, e.retrieved_ids) for e in vllm]
     assert any(e.num_searches for e in hf), "the trained model should search"
     assert all(e.turns >= 1 for e in vllm)
+    # AsyncLLM seeds each segment's request: a sampled episode does not depend on its batch-mates
+    alone = vllm_engines.rollout(engine_questions[:4], n_samples=3, seed=5)
+    crowded = vllm_engines.rollout(engine_questions, n_samples=3, seed=5)[:12]
+    assert [(e.response_ids, e.loss_mask) for e in crowded] == [(e.response_ids, e.loss_mask) for e in alone]
+    assert len({tuple(e.response_ids) for e in alone}) > 4, "samples of one question should differ"
 
 
 @pytest.fixture(scope="module")

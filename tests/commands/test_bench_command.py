@@ -9,7 +9,7 @@ import pytest
 from kr1.bench.__main__ import main
 from kr1.bench.table import parse_table
 
-ROWS_PER_BENCHMARK = {"rollout batching": 1, "agent loop": 3, "retrieval": 4, "learner memory": 4, "learner logits": 4,
+ROWS_PER_BENCHMARK = {"rollout batching": 1, "agent loop": 2, "retrieval": 4, "learner memory": 4, "learner logits": 4,
                       "weight sync": 2, "step breakdown": 8, "overlap": 2}
 
 
@@ -34,7 +34,7 @@ def test_tiny_bench_prints_every_row_with_a_numeric_ratio(ray_session, world_dir
     assert by_setting["weight sync (object store)"]["met"] in ("yes", "no")
     assert float(by_setting["retrieval, inside the rollout"]["ratio"]) > 0  # Episode.search_seconds was timed
     assert all(float(r["ratio"]) > 0 for r in table if r["benchmark"] == "learner memory")
-    assert by_setting["retrieval ‖ generation inside the rollout"]["kr1"] == "streamed (agent loop)"
+    assert by_setting["retrieval ‖ generation inside the rollout"]["kr1"] == "not overlapped"  # the default: turn
     # both loops ran on the engine (hf at this size; vllm's async engine: tests/rollout/test_agent_loop.py)
     assert float(by_setting["agent vs turn loop, hf, default (2 prompts x 2)"]["ratio"]) > 0
     assert float(by_setting["agent loop vs plain batched generation, hf"]["ratio"]) > 0

@@ -165,26 +165,3 @@ def test_query_batcher_flushes_by_size_and_by_time_and_passes_errors(loop, retri
     with pytest.raises(ValueError, match="max_batch"):
         QueryBatcher(search, max_batch=0)
 
-
-def test_vllm_async_engine_plays_the_same_greedy_episodes_and_seeds_samples_per_episode(
-        loop, generator, questions, retriever_pool, tiny_model, trace):
-    from kr1.rollout.async_vllm import VLLMAsyncGenerator
-
-    engine = VLLMAsyncGenerator(str(tiny_model), max_model_len=1024, loop=loop)
-    try:
-        greedy = RolloutSettings(max_turns=4, temperature=0.0)
-        hf = play(loop, generator, questions, retriever_pool.search, greedy)
-        assert trace(play(loop, engine, questions, retriever_pool.search, greedy, generate=engine.agenerate)) == \
-            trace(hf)
-        sampled = RolloutSettings(max_turns=4, temperature=1.0)
-        alone = play(loop, engine, questions[:4], retriever_pool.search, sampled, n_samples=3, seed=5,
-                     generate=engine.agenerate)
-        crowded = play(loop, engine, questions, retriever_pool.search, sampled, n_samples=3, seed=5,
-                       generate=engine.agenerate)[:12]
-        assert trace(crowded) == trace(alone)  # vLLM seeds each request's sampler: batch-mates do not matter
-        # the turn loop on the same engine: every segment of a turn submitted at once, all awaited
-        turn = run_episodes(new_episodes(questions, engine.tokenizer, 1, template="compact"), engine.generate,
-                            retriever_pool.search, engine.tokenizer, greedy)
-        assert trace(turn) == trace(hf)
-    finally:
-        engine.close()
