@@ -13,6 +13,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray 2.60's local clusters turn token auth on and save a new token to ~/.ray/auth_token, after which every Ray
+# the user starts asks for it: the session's token lives in the environment (its Ray processes inherit it)
+if not any(os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+    import secrets
+
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -34,6 +40,29 @@ TINY_SFT_STEPS = 250
 # dynamic sampling and clip-higher and the evidence reward, so that resuming them is exact too
 TRAINED_RUN = {"trainer.total_steps": 3, "reference.placement": "separate", "reference.num_workers": 2,
                "algorithm.dynamic_sampling": True, "reward.evidence_weight": 0.5, "algorithm.clip_eps_high": 0.28}
+
+
+# what the test command may add to the user's home: caches (pip, Hugging Face, numba, ~/.cache/kr1)
+HOME_ALLOWED = {".cache"}
+
+
+def _home_entries() -> set[str]:
+    """Top-level names in $HOME, and every file under ~/.ray (whose auth_token turns on token auth)."""
+    home = Path.home()
+    if not home.is_dir():
+        return set()
+    ray_dir = home / ".ray"
+    files = {str(p.relative_to(home)) for p in ray_dir.rglob("*")} if ray_dir.is_dir() else set()
+    return {p.name for p in home.iterdir()} | files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def home_untouched():
+    """The tests leave the user's home as they found it, caches aside: fails the session otherwise."""
+    before = _home_entries()
+    yield
+    added = sorted(_home_entries() - before - HOME_ALLOWED)
+    assert not added, f"the tests wrote into {Path.home()}: {added}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -294,3 +323,20 @@ def greedy_trace():
 @pytest.fixture(scope="session")
 def trace():
     return episode_trace
+
+
+@pytest.fixture
+def one_line_error(capsys):
+    """Run a command's main as `python -m` would (`run_cli`): it must exit 2 with one `error:` line, returned."""
+    from kr1.errors import run_cli
+
+    def stopped(entry) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped_with:
+            run_cli(entry)
+        assert stopped_with.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err and err[-1].startswith("error: "), err[-5:]
+        return err[-1]
+
+    return stopped

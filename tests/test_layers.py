@@ -2,11 +2,13 @@
 
     commands   kr1.driver, kr1.eval, kr1.search, kr1.plan, kr1.bench.__main__: imported by nothing
     pure       kr1.retrieval, kr1.rollout, kr1.training and the shared kr1.config, kr1.data,
-               kr1.errors, kr1.atomic_write: no ray, actors, pipelines, kr1.run, kr1.bench, kr1.cluster
+               kr1.errors, kr1.atomic_write, kr1.logprobs: no ray, actors, pipelines, kr1.run, kr1.bench, kr1.cluster
     actors     one role per file: no pipelines, kr1.run, kr1.bench, command, or another role
     pipelines  no actors, kr1.run, kr1.bench or command
     kr1.bench  no actors, pipelines or command (kr1.run is the one part of kr1 that imports those)
     kr1.run    no kr1.bench or command
+    within pure, retrieval < rollout < training: a lower package never imports a higher one
+
 
 Imports inside functions count as much as those at the top of a module, and no two modules
 may import each other, however indirectly.
@@ -22,8 +24,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("kr1", "actors", "pipelines")
 COMMANDS = frozenset({"kr1.driver", "kr1.eval", "kr1.search", "kr1.plan", "kr1.bench.__main__"})
-PURE = ("kr1.retrieval", "kr1.rollout", "kr1.training", "kr1.config", "kr1.data", "kr1.errors", "kr1.atomic_write")
+PURE = ("kr1.retrieval", "kr1.rollout", "kr1.training", "kr1.config", "kr1.data", "kr1.errors", "kr1.atomic_write",
+        "kr1.logprobs")
 MAX_LINES = 400
+# the pure packages from lowest to highest (training builds on rollout, which builds on retrieval)
+PURE_ORDER = ("kr1.retrieval", "kr1.rollout", "kr1.training")
 
 
 def _within(module: str, prefixes: tuple[str, ...] | frozenset[str]) -> bool:
@@ -89,6 +94,11 @@ def import_graph(root: Path) -> dict[str, set[str]]:
     return {name: imports_of(name, path, set(files)) for name, path in files.items()}
 
 
+def _pure_rank(module: str) -> int:
+    """Position of the module's pure package in PURE_ORDER; -1 outside them."""
+    return next((i for i, package in enumerate(PURE_ORDER) if _within(module, (package,))), -1)
+
+
 def rule_violations(graph: dict[str, set[str]]) -> list[str]:
     """One line per import that breaks a layer rule, naming importer, imported module and rule."""
     internal = set(graph)
@@ -101,6 +111,8 @@ def rule_violations(graph: dict[str, set[str]]) -> list[str]:
                 out.append(f"{importer} ({mine}) imports {target} ({theirs})")
             elif mine == "actors" == theirs and target != "actors":
                 out.append(f"{importer} (actors) imports {target}: one role may not import another's file")
+            elif _pure_rank(target) > _pure_rank(importer) >= 0:
+                out.append(f"{importer} imports {target}: upward within the pure layers ({' < '.join(PURE_ORDER)})")
     return out
 
 
@@ -178,6 +190,8 @@ def _tree(tmp_path: Path, modules: dict[str, str]) -> Path:
      "kr1.training.batch (pure) imports actors.learner (actors)"),
     ("kr1.rollout.episodes", "from kr1.run.loop import train\n", "kr1.rollout.episodes (pure) imports kr1.run.loop"),
     ("kr1.config", "from kr1 import eval\n", "kr1.config (pure) imports kr1.eval (command)"),
+    ("kr1.rollout.generation", "def f():\n    from kr1.training.algorithms import X\n",
+     "kr1.rollout.generation imports kr1.training.algorithms: upward"),
     ("actors.learner", "from pipelines.build_index import build_index\n",
      "actors.learner (actors) imports pipelines.build_index (pipelines)"),
     ("actors.reference", "from actors.learner import X\n",
@@ -191,7 +205,8 @@ def _tree(tmp_path: Path, modules: dict[str, str]) -> Path:
 ])
 def test_the_checker_names_a_broken_rule(tmp_path, module, source, rule):
     modules = {"kr1.run.loop": "", "kr1.eval": "", "kr1.bench.suite": "", "actors.retriever": "",
-               "actors.learner": "", "pipelines.build_index": "", "kr1.run.pools": "", module: source}
+               "actors.learner": "", "pipelines.build_index": "", "kr1.run.pools": "", "kr1.training.algorithms": "",
+               module: source}
     violations = rule_violations(import_graph(_tree(tmp_path, modules)))
     assert any(v.startswith(rule) for v in violations), violations
 

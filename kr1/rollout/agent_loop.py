@@ -57,8 +57,9 @@ class QueryBatcher:
     arrived; batches run concurrently, so a slow one does not hold up the next.
     """
 
-    def __init__(self, search: SearchFn, max_batch: int = 32, flush_ms: float = 5.0,
+    def __init__(self, search: SearchFn, max_batch: int, flush_ms: float,
                  executor: ThreadPoolExecutor | None = None) -> None:
+        # no defaults of its own: rollout.search_batch_size and rollout.search_flush_ms are the only ones
         if max_batch < 1 or flush_ms < 0:
             raise ValueError(f"QueryBatcher needs max_batch >= 1 and flush_ms >= 0, got {max_batch}, {flush_ms}")
         self.search_fn, self.max_batch, self.flush_ms = search, max_batch, flush_ms
@@ -137,9 +138,11 @@ class SegmentBatcher:
     """Per-segment requests onto a batched, blocking `generate`: whatever is waiting when the
     generator falls idle goes as the next batch (a backend without continuous batching)."""
 
-    def __init__(self, generate: SeededBatchGenerateFn, executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, generate: SeededBatchGenerateFn, executor: ThreadPoolExecutor) -> None:
+        # the executor is the caller's (`generation_executor()`): a bare new thread would run torch with
+        # OpenMP's default thread count, not the engine's
         self.generate_fn = generate
-        self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="segment-batcher")
+        self.executor = executor
         self.pending: list[tuple[list[int], int, int, asyncio.Future]] = []
         self.sampling: tuple[float, float] | None = None
         self.busy = False

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 
 from kr1.rollout.generation import (Generator, HFGenerator, VLLMGenerator, cut_at_stop, end_token_ids,
-                                   llvmlite_hidden, resolve_model_files)
+                                   llvmlite_hidden, prompt_logprobs, turn_seed, vllm_engine_args)
 from kr1.rollout.protocol import STOP_STRINGS
 
 
@@ -49,19 +48,11 @@ class VLLMAsyncGenerator:
         # the object-store weight load sends a function to the engine's worker process, which vLLM only
         # pickles when allowed; the engine is this actor's own child, not a network service
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-        resolve_model_files(model_path, gguf_file)
+        args = vllm_engine_args(model_path, dtype, seed, gguf_file, max_model_len, tensor_parallel_size,
+                                gpu_memory_utilization, enforce_eager, enable_sleep_mode, weight_sync)
+        args.update(enable_prefix_caching=True, disable_log_stats=True)
         self.own_loop = loop is None
         self.loop = loop or BackgroundLoop()
-        model = str(Path(model_path) / gguf_file) if gguf_file else model_path
-        kwargs: dict[str, Any] = {}
-        if torch.cuda.is_available():
-            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
-            if weight_sync in ("cuda_ipc", "nccl"):
-                kwargs["weight_transfer_config"] = {"backend": "ipc" if weight_sync == "cuda_ipc" else "nccl"}
-        args = dict(model=model, tokenizer=model_path if gguf_file else None, dtype=dtype, seed=seed,
-                    max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                    enforce_eager=enforce_eager or not torch.cuda.is_available(), enable_prefix_caching=True,
-                    disable_log_stats=True, **kwargs)
         if not torch.cuda.is_available():
             # a prefill split across steps makes vLLM rewind the request's seeded generator, which a CPU
             # generator cannot do: each step takes whole prompts
@@ -111,7 +102,7 @@ class VLLMAsyncGenerator:
         if not contexts:
             return []
         self.calls += 1
-        seeds = [(self.seed * 1_000_003 + self.calls * 10_007 + i) % (2**31) for i in range(len(contexts))]
+        seeds = [turn_seed(self.seed, self.calls, i) for i in range(len(contexts))]
 
         async def turn() -> list[list[int]]:
             return list(await asyncio.gather(*(self.agenerate(list(c), n, temperature, top_p, s)
@@ -135,9 +126,7 @@ class VLLMAsyncGenerator:
 
         async def score() -> list[Any]:
             return list(await asyncio.gather(*(self._request(s, params) for s in sequences)))
-        outputs = self.loop.run(score())
-        return [[next(iter(p.values())).logprob if len(p) == 1 else p[tok].logprob
-                 for p, tok in zip(o.prompt_logprobs[1:], seq[1:])] for o, seq in zip(outputs, sequences)]
+        return prompt_logprobs(self.loop.run(score()), sequences)
 
     def reseed(self, seed: int) -> None:
         self.seed, self.calls = seed, 0

@@ -151,13 +151,13 @@ def run_episodes(episodes: list[Episode], generate: GenerateFn, search: SearchFn
     """Play every episode to its end, all live ones together each turn; returns `episodes`."""
     feedback = encode(tokenizer, INVALID_FEEDBACK)
     for turn in range(settings.max_turns):
-        live = [e for e in episodes if not e.finish and turn_budget(e, settings)]
+        live = [(e, budget) for e in episodes if not e.finish and (budget := turn_budget(e, settings))]
         if not live:
             break
-        outputs = generate([e.prompt_ids + e.response_ids for e in live], [turn_budget(e, settings) for e in live],
+        outputs = generate([e.prompt_ids + e.response_ids for e, _ in live], [budget for _, budget in live],
                            settings.temperature, settings.top_p)
         searching: list[tuple[Episode, str]] = []
-        for episode, ids in zip(live, outputs):
+        for (episode, _), ids in zip(live, outputs):
             query = take_segment(episode, ids, tokenizer, settings, turn == settings.max_turns - 1, feedback)
             if query is not None:
                 searching.append((episode, query))

@@ -78,7 +78,8 @@ class SeededSampling:
         scores = scores.float() / self.temperature
         if self.top_p < 1.0:  # nucleus: drop the tail beyond top_p, always keeping the most likely token
             ordered, order = scores.sort(dim=-1, descending=True)
-            tail = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= self.top_p
+            probs = ordered.softmax(-1)
+            tail = probs.cumsum(-1) - probs >= self.top_p  # mass before a token already reaches top_p
             scores = scores.scatter(-1, order, ordered.masked_fill(tail, float("-inf")))
         noise = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
         return scores + (-torch.log(-torch.log(noise.clamp_min(1e-20)))).to(scores.device)
@@ -89,6 +90,34 @@ def generation_executor() -> ThreadPoolExecutor:
     would take OpenMP's default, all cores, where an engine actor is given one)."""
     return ThreadPoolExecutor(1, thread_name_prefix="kr1-generate", initializer=torch.set_num_threads,
                               initargs=(torch.get_num_threads(),))
+
+
+def turn_seed(seed: int, call: int, row: int) -> int:
+    """The vLLM sampling seed of one row of the turn loop's `call`-th batched generate."""
+    return (seed * 1_000_003 + call * 10_007 + row) % (2**31)
+
+
+def vllm_engine_args(model_path: str, dtype: str, seed: int, gguf_file: str | None, max_model_len: int,
+                     tensor_parallel_size: int, gpu_memory_utilization: float, enforce_eager: bool,
+                     enable_sleep_mode: bool, weight_sync: str) -> dict[str, Any]:
+    """Keyword arguments of a vLLM engine (`LLM` or `AsyncEngineArgs`) for kr1's generator settings."""
+    resolve_model_files(model_path, gguf_file)
+    model = str(Path(model_path) / gguf_file) if gguf_file else model_path
+    args: dict[str, Any] = dict(model=model, tokenizer=model_path if gguf_file else None, dtype=dtype, seed=seed,
+                                max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                                enforce_eager=enforce_eager or not torch.cuda.is_available())
+    if torch.cuda.is_available():
+        args.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
+        if weight_sync in ("cuda_ipc", "nccl"):
+            args["weight_transfer_config"] = {"backend": "ipc" if weight_sync == "cuda_ipc" else "nccl"}
+    return args
+
+
+def prompt_logprobs(outputs: Sequence[Any], sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+    """Per sequence, log p(token t | tokens before t) for t >= 1, from vLLM outputs asked for prompt_logprobs=0
+    (each position holds the sampled-or-top token's entry, and the actual token's when it differs)."""
+    return [[next(iter(p.values())).logprob if len(p) == 1 else p[tok].logprob
+             for p, tok in zip(o.prompt_logprobs[1:], seq[1:])] for o, seq in zip(outputs, sequences)]
 
 
 def resolve_model_files(path: str, gguf_file: str | None) -> dict[str, Any]:
@@ -169,7 +198,7 @@ class HFGenerator:
     @torch.no_grad()
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """log p(token t | tokens before t) for t >= 1 of each sequence."""
-        from kr1.training.algorithms import token_logprobs
+        from kr1.logprobs import token_logprobs
 
         out = []
         for ids in sequences:
@@ -209,17 +238,10 @@ class VLLMGenerator:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # vLLM logs every call at INFO/WARNING
         from vllm import LLM
 
-        resolve_model_files(model_path, gguf_file)
-        model = str(Path(model_path) / gguf_file) if gguf_file else model_path
-        kwargs: dict[str, Any] = {}
-        if torch.cuda.is_available():
-            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
-            if weight_sync in ("cuda_ipc", "nccl"):
-                kwargs["weight_transfer_config"] = {"backend": "ipc" if weight_sync == "cuda_ipc" else "nccl"}
+        args = vllm_engine_args(model_path, dtype, seed, gguf_file, max_model_len, tensor_parallel_size,
+                                gpu_memory_utilization, enforce_eager, enable_sleep_mode, weight_sync)
         with llvmlite_hidden():
-            self.llm = LLM(model=model, tokenizer=model_path if gguf_file else None, dtype=dtype, seed=seed,
-                           max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                           enforce_eager=enforce_eager or not torch.cuda.is_available(), **kwargs)
+            self.llm = LLM(**args)
         self.tokenizer = self.llm.get_tokenizer()
         self.end_ids = end_token_ids(self.tokenizer)
         self.pieces: dict[int, str] = {}
@@ -237,7 +259,7 @@ class VLLMGenerator:
         params = [SamplingParams(max_tokens=limit, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                                  stop=list(STOP_STRINGS), include_stop_str_in_output=True,
                                  stop_token_ids=sorted(self.end_ids), skip_special_tokens=False,
-                                 seed=(self.seed * 1_000_003 + self.calls * 10_007 + i) % (2**31))
+                                 seed=turn_seed(self.seed, self.calls, i))
                   for i, limit in enumerate(max_new_tokens)]
         prompts = [TokensPrompt(prompt_token_ids=list(c)) for c in contexts]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -258,8 +280,7 @@ class VLLMGenerator:
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
                                     use_tqdm=False)
-        return [[next(iter(p.values())).logprob if len(p) == 1 else p[tok].logprob
-                 for p, tok in zip(o.prompt_logprobs[1:], seq[1:])] for o, seq in zip(outputs, sequences)]
+        return prompt_logprobs(outputs, sequences)
 
     def reseed(self, seed: int) -> None:
         self.seed, self.calls = seed, 0

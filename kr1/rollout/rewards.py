@@ -15,7 +15,7 @@ import math
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -128,6 +128,25 @@ class EpisodeScores:
     format: np.ndarray  # (B,) float32 1 = answered with no invalid action
     cover_em: np.ndarray  # (B,) float32 a gold alias inside the answer
     evidence: np.ndarray  # (B,) float32 supporting passages retrieved, as a share; NaN without supporting titles
+
+    def select(self, rows: Sequence[int]) -> "EpisodeScores":
+        """The scores of these episodes, in this order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return EpisodeScores(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: Sequence["EpisodeScores"]) -> "EpisodeScores":
+        return EpisodeScores(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                                for f in fields(EpisodeScores)})
+
+
+def informative_groups(question_ids: Sequence[str], rewards: np.ndarray) -> list[list[int]]:
+    """Row indices of each question's episodes, for the questions whose samples' rewards differ (the groups
+    that carry a GRPO signal), in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, question in enumerate(question_ids):
+        groups.setdefault(question, []).append(i)
+    return [rows for rows in groups.values() if np.ptp(rewards[rows]) > 1e-6]
 
 
 def reward_weights(cfg: RewardConfig) -> dict[str, float]:

@@ -42,8 +42,8 @@ def run_steps(run: TrainingRun, quiet: bool = False) -> list[dict[str, float]]:
             if run.stop_reason:  # trainer.stop_on_collapse: the step was checkpointed
                 print(f"stopped after step {step} (trainer.stop_on_collapse): {run.stop_reason.text}", file=sys.stderr)
                 break
-        except ray.exceptions.RayError as error:  # a learner or reference worker died: rebuilt from a checkpoint
-            step = run.recover(error)
+        except ray.exceptions.RayError as error:  # a learner or reference worker died: rebuilt, the step redone
+            step = run.recover(error, step)
             del history[max(0, step - run.start_step):]
             timer.pop()
     if not quiet:

@@ -12,6 +12,9 @@ import numpy as np
 
 from kr1.rollout.rewards import EpisodeScores
 
+# prefixes of the logged figures that depend on wall-clock time (step phases, tokens/s, the retriever batches that
+# formed): they differ between two runs of the same seed, every other figure must match (exact resume)
+TIMING_PREFIXES = ("time/", "throughput/", "search/")
 # metric key -> column heading, in table order
 TABLE_COLUMNS = {
     "em": "EM", "f1": "F1", "turns": "turns", "searches": "searches", "response_tokens": "resp. tokens",

@@ -26,7 +26,7 @@ from kr1.atomic_write import write_json
 from kr1.cluster import ensure_ray, stop_actors
 from kr1.config import Config, expand_path, to_yaml
 from kr1.errors import writes_to
-from kr1.rollout.rewards import EpisodeScores, reward_weights, score_episodes
+from kr1.rollout.rewards import EpisodeScores, informative_groups
 from kr1.run.assets import resolve_assets
 from kr1.run.evaluation import evaluate
 from kr1.run.metrics import episode_metrics, metrics_table, search_metrics
@@ -86,7 +86,7 @@ class TrainingRun:
         self.scorer = start_scorer(cfg.reward)
         self.weight_sync = make_weight_sync(cfg.learner.weight_sync)
         self.recoveries = 0
-        self.monitors, self.stop_reason, self.sampling = StabilityMonitors(cfg.monitor), None, {}
+        self.monitors, self.stop_reason, self.sampling, self.scored = StabilityMonitors(cfg.monitor), None, {}, None
         self.start_step = self._resume(*resume_from) if resume_from else 0
         # rows a killed run logged past the checkpoint are dropped: each step is logged once
         self.logger = RunLogger(self.output_dir, cfg.trainer.total_steps, quiet=self.quiet, start_step=self.start_step)
@@ -97,14 +97,17 @@ class TrainingRun:
     def rollout(self, step: int) -> list[Any]:
         """Sampled episodes for this step's prompts, `rollout.n_samples` per prompt. With dynamic sampling, more
         prompts are rolled out until `trainer.prompts_per_step` groups have rewards that differ (at most
-        `algorithm.max_sampling_rounds` rounds), and those groups are the step's episodes."""
+        `algorithm.max_sampling_rounds` rounds), and those groups are the step's episodes; their scores are
+        kept for `score`, so every episode is scored once."""
         cfg, questions = self.cfg, self.loader.batch(step)
         episodes = self.engines.rollout(questions, cfg.rollout.n_samples, seed=cfg.trainer.seed + step)
-        informative = self._informative_groups(episodes)
-        self.sampling = {"informative_groups": 100.0 * len(informative) / max(1, len(questions)),
-                         "sampling_rounds": 1.0}
+        self.sampling, self.scored = {"sampling_rounds": 1.0}, None
         if not cfg.algorithm.dynamic_sampling:
             return episodes
+        rounds = [(episodes, ray.get(self.score(episodes)))]
+        informative = [(0, rows) for rows in informative_groups([e.question_id for e in episodes],
+                                                                rounds[0][1].rewards)]
+        self.sampling["informative_groups"] = 100.0 * len(informative) / max(1, len(questions))
         asked = {q.id for q in questions}
         for round_ in range(1, cfg.algorithm.max_sampling_rounds):
             if len(informative) >= cfg.trainer.prompts_per_step:
@@ -112,22 +115,24 @@ class TrainingRun:
             extra = self.loader.extra_batch(step, round_, asked)
             asked |= {q.id for q in extra}
             more = self.engines.rollout(extra, cfg.rollout.n_samples, seed=cfg.trainer.seed + step + round_ * 1_000_003)
-            informative += self._informative_groups(more)
+            rounds.append((more, ray.get(self.score(more))))
+            informative += [(len(rounds) - 1, rows)
+                            for rows in informative_groups([e.question_id for e in more], rounds[-1][1].rewards)]
             self.sampling["sampling_rounds"] += 1
         kept = informative[:cfg.trainer.prompts_per_step]
         self.sampling["trained_groups"] = float(len(kept))
-        return [e for group in kept for e in group] or episodes  # no group taught anything: the step's own
-
-    def _informative_groups(self, episodes: list[Any]) -> list[list[Any]]:
-        """Each question's episodes, for the questions whose samples' rewards differ."""
-        scores = score_episodes(episodes, self.golds, reward_weights(self.cfg.reward), self.supporting)
-        groups: dict[str, list[int]] = {}
-        for i, e in enumerate(episodes):
-            groups.setdefault(e.question_id, []).append(i)
-        return [[episodes[i] for i in rows] for rows in groups.values() if np.ptp(scores.rewards[rows]) > 1e-6]
+        if not kept:  # no group taught anything: the step's own
+            self.scored = rounds[0][1]
+            return episodes
+        self.scored = EpisodeScores.concat([rounds[r][1].select(rows) for r, rows in kept])
+        return [rounds[r][0][i] for r, rows in kept for i in rows]
 
     def score(self, episodes: list[Any]) -> ray.ObjectRef:
-        """Start the reward scorer; returns at once so the reference pass runs meanwhile."""
+        """Start the reward scorer; returns at once so the reference pass runs meanwhile (scores the rollout
+        already made are handed back as they are)."""
+        if self.scored is not None:
+            scored, self.scored = self.scored, None
+            return ray.put(scored)
         golds = {e.question_id: self.golds[e.question_id] for e in episodes}
         return self.scorer.score.remote(episodes, golds, {q: self.supporting[q] for q in golds})
 
@@ -177,6 +182,10 @@ class TrainingRun:
     def log(self, step: int, episodes: list[Any], batch: TrainBatch, scores: EpisodeScores,
             train: dict[str, float], evaluation: dict[str, float], times: dict[str, float]) -> dict[str, float]:
         rollout = episode_metrics(episodes, scores)
+        if "informative_groups" not in self.sampling:  # without dynamic sampling: read off the step's scores
+            groups = len({e.question_id for e in episodes})
+            self.sampling["informative_groups"] = 100.0 * len(informative_groups(
+                [e.question_id for e in episodes], scores.rewards)) / max(1, groups)
         generated = sum(e.generated_tokens for e in episodes)
         metrics = {"reward/mean": rollout.pop("reward_mean"), "reward/std": rollout.pop("reward_std"),
                    **{f"rollout/{k}": v for k, v in {**rollout, **self.sampling}.items()},
@@ -242,23 +251,28 @@ class TrainingRun:
         print(f"resumed from {path} (step {read_trainer_state(path)['step']})", file=sys.stderr)
         return step
 
-    def recover(self, error: Exception) -> int:
-        """After a learner or reference worker died: rebuild both pools in their placement, reload the last
-        complete checkpoint (or the starting model), push it to the engines, and drop what was logged after
-        it; returns the step to go on from. Any other error, or one past trainer.max_recoveries, stands."""
+    def recover(self, error: Exception, step: int) -> int:
+        """After a learner or reference worker died in `step`: returns the step to go on from. A dead reference
+        worker alone is rebuilt (it is the frozen starting model) and the step is redone with the learners as
+        they are; a dead learner rebuilds both pools in their placement, reloads the last complete checkpoint
+        (or the starting model), pushes it to the engines and drops what was logged after it. Any other
+        error, or one past trainer.max_recoveries, stands."""
         lost = [name for name, pool in (("learner", self.learners), ("reference", self.reference))
                 if not pool.alive()]
         if not lost or self.recoveries >= self.cfg.trainer.max_recoveries:
             raise error
         self.recoveries += 1
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        print(f"a {' and a '.join(lost)} worker died ({reason}); rebuilding from the last checkpoint "
-              f"(recovery {self.recoveries} of trainer.max_recoveries={self.cfg.trainer.max_recoveries})",
+        count = f"recovery {self.recoveries} of trainer.max_recoveries={self.cfg.trainer.max_recoveries}"
+        if lost == ["reference"]:
+            print(f"a reference worker died ({reason}); rebuilding the reference workers and redoing step {step + 1} "
+                  f"({count})", file=sys.stderr, flush=True)
+            self._stop_pools(self.reference)
+            self.reference = ReferencePool(self.cfg, self.assets.model_path, self.placement, self.learners)
+            return step
+        print(f"a {' and a '.join(lost)} worker died ({reason}); rebuilding from the last checkpoint ({count})",
               file=sys.stderr, flush=True)
-        for pool in (self.reference, self.learners):
-            for worker in pool.workers:  # no goodbye: a survivor may sit in a collective with the dead
-                ray.kill(worker)
-            pool.close()
+        self._stop_pools(self.reference, self.learners)
         self.learners = LearnerGroup(self.cfg, self.assets.model_path, self.placement)
         self.reference = ReferencePool(self.cfg, self.assets.model_path, self.placement, self.learners)
         latest = self.checkpoints.latest()
@@ -272,6 +286,13 @@ class TrainingRun:
         if step == 0:
             self.evaluate_start()
         return step
+
+    @staticmethod
+    def _stop_pools(*pools: Any) -> None:
+        for pool in pools:
+            for worker in pool.workers:  # no goodbye: a survivor may sit in a collective with the dead
+                ray.kill(worker)
+            pool.close()
 
     def close(self) -> None:
         """Stop whatever started (also after a start that failed half-way) and free the directory."""

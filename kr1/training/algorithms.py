@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
 
 EPS = 1e-6
 
@@ -51,19 +51,6 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
     "grpo": grpo_advantages,
     "reinforce_pp": reinforce_pp_advantages,
 }
-
-
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) log p(token t | tokens before t) from (B, T, V) logits; column 0 is 0."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return F.pad(picked, (1, 0))
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """(B, T) entropy of the distribution that produced token t; column 0 is 0."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return F.pad(-(logp.exp() * logp).sum(-1), (1, 0))
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:

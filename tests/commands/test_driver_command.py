@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,10 +38,12 @@ def _listening(port):
 def test_ray_job_submit_end_to_end(untrained_run_overrides, tmp_path):
     """`ray start` + `ray job submit` with token auth on both sides, as the README says; a driver whose
     RAY_AUTH_MODE differs from the cluster's gets a one-line message naming the fix."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # the token travels in the environment: `ray get-auth-token --generate` would write ~/.ray/auth_token, and
+    # every local Ray the user starts afterwards would turn token authentication on
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     ray_bin = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60)
     port, dash = _free_port(), _free_port()
     # every port of its own: the session's Ray instance already holds the defaults
     ports = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",

@@ -12,6 +12,8 @@ from kr1.data import load_corpus
 from kr1.retrieval.index import BM25IndexError, TokenizerSpec
 from kr1.retrieval.scoring import ShardSearcher, search_index
 
+pytestmark = pytest.mark.numerics  # BM25 scores against other implementations
+
 K = 5
 
 

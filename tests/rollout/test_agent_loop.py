@@ -11,8 +11,11 @@ import pytest
 
 from kr1.data import load_questions
 from kr1.rollout.agent_loop import BackgroundLoop, QueryBatcher, SegmentBatcher, play_episodes
+from kr1.rollout.generation import generation_executor
 from kr1.rollout.episodes import RolloutSettings, new_episodes, run_episodes
 from kr1.rollout.protocol import INFO_CLOSE, INFO_OPEN, INVALID_FEEDBACK
+
+pytestmark = pytest.mark.numerics  # greedy and seeded episodes of a trained model
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def play(loop, generator, questions, search, settings, n_samples=1, seed=0, max_
          generate=None):
     episodes = new_episodes(questions, generator.tokenizer, n_samples, template="compact")
     batcher = QueryBatcher(search, max_batch, flush_ms)
-    generate = generate or SegmentBatcher(generator.generate).generate
+    generate = generate or SegmentBatcher(generator.generate, generation_executor()).generate
     return loop.run(play_episodes(episodes, generate, batcher, generator.tokenizer, settings, seed=seed))
 
 
@@ -87,7 +90,7 @@ def test_loss_mask_and_turn_limits_hold_in_the_agent_loop(loop, generator, quest
     timeline = Timeline(generator.generate, retriever_pool.search)
     settings = RolloutSettings(max_turns=4, temperature=1.0)
     episodes = play(loop, generator, questions, timeline.search, settings, n_samples=2,
-                    generate=SegmentBatcher(timeline.generate).generate)
+                    generate=SegmentBatcher(timeline.generate, generation_executor()).generate)
     segments = {}  # context -> the segments returned for it (samples of one question share their first context)
     for *_, (contexts, *_rest), outputs in timeline.calls("generate"):
         for context, out in zip(contexts, outputs):
@@ -126,7 +129,8 @@ def test_retrieval_streams_while_other_episodes_generate(loop, generator, questi
 
     timeline = Timeline(generator.generate, slow_search)
     episodes = play(loop, generator, questions, timeline.search, RolloutSettings(max_turns=4, temperature=1.0),
-                    n_samples=4, max_batch=8, flush_ms=2.0, generate=SegmentBatcher(timeline.generate).generate)
+                    n_samples=4, max_batch=8, flush_ms=2.0,
+                    generate=SegmentBatcher(timeline.generate, generation_executor()).generate)
     searches, generates = timeline.calls("search"), timeline.calls("generate")
     assert all(len(args[0]) <= 8 for *_, args, _ in searches)
     assert sum(len(args[0]) for *_, args, _ in searches) == sum(len(e.retrieved_ids) for e in episodes)
@@ -163,5 +167,5 @@ def test_query_batcher_flushes_by_size_and_by_time_and_passes_errors(loop, retri
     assert [type(r).__name__ for r in failed[:3]] == ["RuntimeError"] * 3 and str(failed[0]) == "retriever shard lost"
     assert failed[3].hits is not None, "a later batch is not hurt by an earlier batch's failure"
     with pytest.raises(ValueError, match="max_batch"):
-        QueryBatcher(search, max_batch=0)
+        QueryBatcher(search, max_batch=0, flush_ms=5)
 

@@ -10,6 +10,8 @@ from kr1.data import load_questions
 from kr1.rollout.episodes import RolloutSettings, new_episodes, run_episodes
 from kr1.rollout.protocol import INFO_CLOSE, INFO_OPEN, INVALID_FEEDBACK
 
+pytestmark = pytest.mark.numerics  # greedy episodes of a trained model
+
 
 class Recorder:
     """Wraps a real callable and remembers every call's arguments and result."""

@@ -24,13 +24,12 @@ import ray
 
 from actors.rollout_engine import RolloutEnginePool
 from kr1.config import load_config
-from kr1.errors import run_cli
 from kr1.run.loop import train
+from kr1.run.metrics import TIMING_PREFIXES
 from kr1.run.training_run import TrainingRun
 from kr1.training.checkpoint import STATE_FILE, CheckpointDirs, damage
 
 REPO = Path(__file__).resolve().parents[2]
-VOLATILE = ("time/", "throughput/", "search/")  # wall-clock figures and retriever batching; the rest must match
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -87,14 +86,17 @@ def _rows(out: Path) -> list[dict]:
 
 
 def _dashboard_sockets(group: int) -> tuple[list[str], list[str]] | None:
-    """(command line, listening addresses) of the dashboard in a process group, once it listens."""
+    """(command line, addresses its web port listens on) of the dashboard in a process group, once that port
+    listens (the dashboard's own gRPC port, which Ray binds to every address, is another port)."""
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmdline = proc.info["cmdline"] or []
             if os.getpgid(proc.pid) == group and any(a.endswith("dashboard/dashboard.py") for a in cmdline):
-                listening = [c.laddr.ip for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+                port = int(next(a.split("=", 1)[1] for a in cmdline if a.startswith("--port=")))
+                listening = [c.laddr.ip for c in proc.net_connections("inet")
+                             if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
                 return (cmdline, listening) if listening else None
-        except (psutil.Error, ProcessLookupError):
+        except (psutil.Error, ProcessLookupError, StopIteration):
             continue
     return None
 
@@ -147,7 +149,7 @@ def test_a_driver_killed_between_checkpoints_resumes_with_each_step_once(killed_
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows[:3] == killed_rows[:3]  # kept as the killed run wrote them
     for key, value in killed_rows[3].items():  # the lost step, redone through three actor deaths
-        if not key.startswith(VOLATILE):
+        if not key.startswith(TIMING_PREFIXES):
             assert rows[3][key] == pytest.approx(value, abs=1e-5), key
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -159,7 +161,7 @@ def test_a_driver_killed_between_checkpoints_resumes_with_each_step_once(killed_
 
 
 def test_a_local_run_binds_the_dashboard_to_localhost(killed_run):
-    """The dashboard the killed driver's own local Ray started listened on 127.0.0.1 only."""
+    """The dashboard the killed driver's own local Ray started served its pages on 127.0.0.1 only."""
     _, _, dashboard = killed_run
     assert dashboard is not None, "the dashboard never listened"
     cmdline, listening = dashboard
@@ -216,18 +218,8 @@ def _small_disk(path: Path, size_mb: int, read_only: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=True)
 
 
-def _stopped_with_one_line(entry, capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        run_cli(entry)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith("error: "), err[-5:]
-    return err[-1]
-
-
 def test_a_disk_that_fills_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(ray_session, untrained_run_overrides,
-                                                                                  tmp_path, capsys):
+                                                                                  tmp_path, one_line_error):
     from kr1.driver import main
 
     # one checkpoint of the tiny model takes ~13 MB: the step-1 one fits, the step-2 one does not
@@ -235,7 +227,7 @@ def test_a_disk_that_fills_ends_the_run_in_one_line_and_keeps_the_last_checkpoin
         out = disk / "run"
         overrides = untrained_run_overrides(out, **{"trainer.total_steps": 3, "trainer.checkpoint_every": 1,
                                                     "trainer.eval_every": 0})
-        line = _stopped_with_one_line(lambda: main(overrides), capsys)
+        line = one_line_error(lambda: main(overrides))
         assert line == (f"error: cannot write the step-2 checkpoint in {out / 'checkpoints'}: [Errno 28] No space "
                         "left on device; the last complete one (step_000001) is untouched"), line
         dirs = CheckpointDirs(out)
@@ -245,11 +237,11 @@ def test_a_disk_that_fills_ends_the_run_in_one_line_and_keeps_the_last_checkpoin
 
 
 def test_a_read_only_output_directory_stops_before_anything_starts(ray_session, untrained_run_overrides, tmp_path,
-                                                                  capsys):
+                                                                  one_line_error):
     from kr1.driver import main
 
     with _small_disk(tmp_path / "disk", 1, read_only=True) as disk:
-        line = _stopped_with_one_line(lambda: main(untrained_run_overrides(disk / "run")), capsys)
+        line = one_line_error(lambda: main(untrained_run_overrides(disk / "run")))
     assert line.startswith(f"error: cannot write the run's lock file in {disk / 'run'}: [Errno "), line
     assert "Read-only file system" in line or "Permission denied" in line, line
 
@@ -271,26 +263,30 @@ def test_metrics_on_a_full_disk_end_in_one_line(tmp_path):
 
 
 # --- a learner or reference worker that dies ----------------------------------------------------
-def test_dead_learner_and_reference_workers_are_rebuilt_from_the_last_checkpoint(trained_run, trained_run_overrides,
-                                                                                tmp_path, monkeypatch, capsys):
-    """The trained run again (2 learner ranks, 2 reference workers, checkpoint at step 2): inside step 3 a
-    reference worker dies, and in the step-3 redo a learner rank. The run completes with each step logged
-    once, equal to the uninterrupted run (which equals one resumed from the step-2 checkpoint)."""
+def test_a_dead_reference_worker_is_rebuilt_alone_and_a_dead_learner_from_the_last_checkpoint(
+        trained_run, trained_run_overrides, tmp_path, monkeypatch, capsys):
+    """The trained run again (2 learner ranks, 2 reference workers, checkpoints at steps 2 and 3): inside step 2,
+    before any checkpoint, a reference worker dies: only the reference is rebuilt and step 2 is redone on the
+    learners as they are (a full rebuild would go back to step 0). Inside step 3 a learner rank dies: both pools
+    are rebuilt from the step-2 checkpoint. The run completes with each step logged once, equal to the
+    uninterrupted run."""
     from actors.learner import LearnerGroup
     from actors.reference import ReferencePool
 
     calls = {"ref": 0, "update": 0}
+    learners: list[tuple[str, ...]] = []  # the learner actors' ids at each reference pass
     real_ref, real_update = ReferencePool.logprobs, LearnerGroup.update
 
     def ref_then_kill(self, batch):
         calls["ref"] += 1
-        if calls["ref"] == 3 and self.workers:  # step 3
+        learners.append(tuple(w._actor_id.hex() for w in self.learners.workers))
+        if calls["ref"] == 2 and self.workers:  # step 2
             ray.kill(self.workers[1])
         return real_ref(self, batch)
 
     def update_then_kill(self, batch):
         calls["update"] += 1
-        if calls["update"] == 3:  # the redone step 3 (the first try died before its update)
+        if calls["update"] == 3:  # step 3
             ray.kill(self.workers[1])
         return real_update(self, batch)
 
@@ -300,14 +296,17 @@ def test_dead_learner_and_reference_workers_are_rebuilt_from_the_last_checkpoint
     capsys.readouterr()
     history = train(load_config("default", trained_run_overrides(out)), quiet=True)
     said = capsys.readouterr().err
-    assert "a reference worker died" in said and "recovery 1 of trainer.max_recoveries=2" in said, said
+    assert "a reference worker died" in said and "rebuilding the reference workers and redoing step 2" in said \
+        and "recovery 1 of trainer.max_recoveries=2" in said, said
     assert "a learner worker died" in said and "recovery 2 of trainer.max_recoveries=2" in said, said
+    assert said.count("resumed from") == 1, said  # the learner's recovery only
     assert calls == {"ref": 5, "update": 4} and len(history) == 3
+    assert learners[0] == learners[1] == learners[2] == learners[3] != learners[4], "learners rebuilt when they lived"
     rows, whole = _metrics(out), _metrics(trained_run.out)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     for left, right in zip(whole, rows):
         for key, value in left.items():
-            if not key.startswith(VOLATILE):
+            if not key.startswith(TIMING_PREFIXES):
                 assert right[key] == pytest.approx(value, abs=1e-5), (left["step"], key)
     assert [s for s, _ in CheckpointDirs(out).complete()] == [2, 3]
 

@@ -1,25 +1,34 @@
-"""A small-scale version of the embedded default's run: GRPO must raise the reward, and the searches.
+"""A small-scale version of the embedded default's run: GRPO must raise the reward and the evidence read.
 
 Catches a silently broken gradient path (loss not reaching the weights, weights not reaching
 the engines, advantages of the wrong sign) and a reward that stops teaching the search
-strategy: a handful of training questions, a few steps, and reward, searches per episode and
-evidence recall have to go up, the greedy reward on those same questions too.
+strategy: a handful of training questions, a few steps, and reward and evidence recall have to
+go up, the greedy reward on those same questions too.
+
+Measured over seeds 0-2 under torch's default, AVX2 and AVX-512 kernels (2026-11-29; each kernel path
+takes its own trajectory from the first update on): reward (mean of the first and of the last 4 steps)
++0.25 to +0.39, evidence recall +16 to +35 points, greedy reward +0.08 to +0.50; searches per episode
+moved -0.25 to +0.62, a spread wider than the effect, so they are not asserted here.
 """
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from kr1.config import load_config
 from kr1.data import load_questions
 from kr1.run.loop import train
 
+pytestmark = pytest.mark.numerics  # what GRPO learns
 
-def test_grpo_with_the_evidence_reward_raises_reward_searches_and_evidence(ray_session, world_dir, index_factory,
-                                                                         tiny_model, tmp_path):
+
+def test_grpo_with_the_evidence_reward_raises_reward_and_evidence(ray_session, world_dir, index_factory, tiny_model,
+                                                                  tmp_path):
     """Inference questions need the person's passage and then the parent's. Rewarded for the answer and for the
-    supporting passages it reads, the policy searches more, reads more of them, and scores more, in training and
-    greedily on the same questions."""
+    supporting passages it reads, the policy reads more of them and scores more, in training and greedily on
+    the same questions."""
     questions = [q for q in load_questions(world_dir / "train.jsonl") if q.type == "inference"][:6]
     subset = tmp_path / "train.jsonl"
     subset.write_text("".join(json.dumps(q.to_row()) + "\n" for q in questions))
@@ -34,10 +43,10 @@ def test_grpo_with_the_evidence_reward_raises_reward_searches_and_evidence(ray_s
     history = train(load_config("default", [f"{k}={v}" for k, v in overrides.items()]), quiet=True)
     mean = lambda key, steps: sum(h[key] for h in steps) / len(steps)  # noqa: E731
     first, last = history[:4], history[-4:]
-    searches = [round(h["rollout/searches"], 2) for h in history]
-    assert mean("rollout/searches", last) > mean("rollout/searches", first) + 0.1, searches
-    assert mean("reward/mean", last) > mean("reward/mean", first) + 0.1, [h["reward/mean"] for h in history]
-    assert mean("rollout/evidence_recall", last) > mean("rollout/evidence_recall", first) + 5
+    rewards = [round(h["reward/mean"], 2) for h in history]
+    assert mean("reward/mean", last) > mean("reward/mean", first) + 0.12, rewards
+    evidence = [round(h["rollout/evidence_recall"], 1) for h in history]
+    assert mean("rollout/evidence_recall", last) > mean("rollout/evidence_recall", first) + 8, evidence
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     start, end = rows[0], rows[-1]
     assert start["step"] == 0 and end["step"] == 16

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from kr1.training.batch import TrainBatch
 from kr1.training.token_budget import TokenBudgetBatcher
 
+pytestmark = pytest.mark.numerics  # updates of different micro-batch splits compared
+
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=60), st.integers(1, 1000))

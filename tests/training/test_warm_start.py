@@ -10,6 +10,8 @@ from kr1.rollout.protocol import parse_action
 from kr1.training.warm_start import gold_trajectory
 from pipelines.bootstrap_model import train_tokenizer, world_texts
 
+pytestmark = pytest.mark.numerics  # what a trained model says
+
 
 @pytest.fixture(scope="module")
 def tokenizer(world_dir):
