@@ -66,8 +66,11 @@ def test_learner_actor_matches_the_pure_function(tiny_model, rollout_batch, two_
     for name in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
         assert remote[name] == pytest.approx(local[name], rel=1e-5, abs=1e-7), name
     assert remote["kl"] > 0 and remote["loss"] != 0
+    # AdamW's first step moves each weight by lr * g / (|g| + eps): where |g| is near eps, a float32 reduction-order
+    # difference in g (another rank split, another CPU kernel) moves it by a visible share of lr (up to 0.02 lr
+    # measured); a tenth of lr still fails a rank that did not step, and the metrics above pin the gradient
     for name, value in model.state_dict().items():
-        torch.testing.assert_close(after[name], value, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(after[name], value, atol=0.1 * cfg.learner.lr, rtol=1e-4)
 
 
 def test_two_fsdp_ranks_make_the_same_update_as_one(tiny_model, rollout_batch, two_ranks):
