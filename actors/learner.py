@@ -99,12 +99,14 @@ class LearnerWorker:
     def logprobs(self, part: TrainBatch, micro: Sequence[np.ndarray], reference: bool = False) -> np.ndarray:
         """(B_part, T) log-probs under the policy, or the colocated reference."""
         return batch_logprobs(self.reference if reference else self.model, part, micro, self.device,
-                              chunk_tokens=self.cfg.learner.logits_chunk_tokens)
+                              chunk_tokens=self.cfg.learner.logits_chunk_tokens,
+                              temperature=self.cfg.rollout.temperature)
 
     def train_step(self, part: TrainBatch, micro: Sequence[np.ndarray], normalizer: float) -> dict[str, float]:
         metrics = train_step(self.model, self.optimizer, part, micro, normalizer=normalizer, scale=self.world_size,
                              algo=self.cfg.algorithm, grad_clip=self.cfg.learner.grad_clip, device=self.device,
-                             chunk_tokens=self.cfg.learner.logits_chunk_tokens)
+                             chunk_tokens=self.cfg.learner.logits_chunk_tokens,
+                             temperature=self.cfg.rollout.temperature)
         if self.device.type == "cuda":  # hand the update's cached blocks back before a colocated vLLM wakes
             torch.cuda.empty_cache()
         return metrics

@@ -31,7 +31,7 @@ class ReferenceWorker:
 
     def __init__(self, cfg: Config, index: int, model_path: str) -> None:
         self.index = index
-        self.chunk_tokens = cfg.learner.logits_chunk_tokens
+        self.chunk_tokens, self.temperature = cfg.learner.logits_chunk_tokens, cfg.rollout.temperature
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         dtype = cfg.model.dtype if self.device.type == "cuda" else "float32"
         self.model = load_causal_lm(model_path, dtype, cfg.model.gguf_file).to(self.device).eval()
@@ -44,7 +44,8 @@ class ReferenceWorker:
         return True
 
     def logprobs(self, part: TrainBatch, micro: Sequence[np.ndarray]) -> np.ndarray:
-        return batch_logprobs(self.model, part, micro, self.device, chunk_tokens=self.chunk_tokens)
+        return batch_logprobs(self.model, part, micro, self.device, chunk_tokens=self.chunk_tokens,
+                              temperature=self.temperature)
 
 
 class ReferencePool:

@@ -75,8 +75,9 @@ class RolloutEngine:
         return True
 
     def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
-                seed: int | None = None, weights: Weights | None = None) -> list[Episode]:
-        """Play `n_samples` episodes per question to their end; `seed` fixes the sampling."""
+                seed: int | None = None, weights: Weights | None = None, retriever: Any = None) -> list[Episode]:
+        """Play `n_samples` episodes per question to their end; `seed` fixes the sampling; `retriever` (another
+        pool, e.g. a decoy index) answers this call's searches instead of the engine's own."""
         self.wake_up()  # a colocated engine put to sleep for the update generates again
         self._catch_up(weights)
         self.rollouts += 1
@@ -86,11 +87,11 @@ class RolloutEngine:
         r = self.cfg.rollout
         episodes = new_episodes(questions, self.tokenizer, n_samples, r.prompt_template)
         settings = RolloutSettings.from_config(self.cfg, greedy=greedy)
+        search = (retriever or self.retriever).search
         if self.loop is None:
-            return run_episodes(episodes, self.generator.generate, self.retriever.search, self.tokenizer, settings)
-        batcher = QueryBatcher(self.retriever.search, r.search_batch_size, r.search_flush_ms)
+            return run_episodes(episodes, self.generator.generate, search, self.tokenizer, settings)
+        batcher = QueryBatcher(search, r.search_batch_size, r.search_flush_ms)
         return self.loop.run(play_episodes(episodes, self.agenerate, batcher, self.tokenizer, settings, seed=base))
-
 
     def load_weights(self, weights: dict[str, Any] | list[ray.ObjectRef], version: int = 0) -> bool:
         """Take new policy weights: a state dict, or the learner's bucket refs, fetched and loaded one bucket
@@ -169,17 +170,19 @@ class RolloutEnginePool:
         return None if self.state_ref is None else ([self.state_ref], self.weights_version)
 
     def rollout_refs(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
-                     seed: int | None = None) -> list[ray.ObjectRef]:
+                     seed: int | None = None, retriever: Any = None) -> list[ray.ObjectRef]:
         """Start every engine on its contiguous slice of questions; one ref per engine."""
         n = len(self.engines)
         bounds = [round(i * len(questions) / n) for i in range(n + 1)]
-        return [engine.rollout.remote(list(questions[bounds[i]:bounds[i + 1]]), n_samples, greedy, seed, self.weights)
+        return [engine.rollout.remote(list(questions[bounds[i]:bounds[i + 1]]), n_samples, greedy, seed, self.weights,
+                                      retriever)
                 for i, engine in enumerate(self.engines) if bounds[i + 1] > bounds[i]]
 
     def rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool = False,
-                seed: int | None = None) -> list[Episode]:
-        """Episodes in question order, `n_samples` consecutive ones per question."""
-        return [e for part in ray.get(self.rollout_refs(questions, n_samples, greedy, seed)) for e in part]
+                seed: int | None = None, retriever: Any = None) -> list[Episode]:
+        """Episodes in question order, `n_samples` consecutive ones per question (searching `retriever`, another
+        pool, instead of the engines' own when given)."""
+        return [e for part in ray.get(self.rollout_refs(questions, n_samples, greedy, seed, retriever)) for e in part]
 
     def load_weights(self, state_ref: ray.ObjectRef) -> None:
         """Every engine fetches the same state dict from the object store; the pool keeps the ref

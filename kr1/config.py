@@ -43,7 +43,7 @@ class DataConfig:
     split: str = "dev"
     # size of the synthetic world (people; places, films and organisations scale with it)
     synthetic_seed: int = 0
-    synthetic_people: int = 300
+    synthetic_people: int = 500
     # questions longer than this many prompt tokens are dropped (with a count in the log)
     max_prompt_tokens: int = 512
 
@@ -67,6 +67,9 @@ class RetrieverConfig:
     # BM25 parameters (Lucene variant)
     k1: float = 1.5
     b: float = 0.75
+    # an index of passages that cannot answer the questions, for the closed-book column (EM when retrieval cannot
+    # help); null: with data.name=synthetic, the world of another seed, built on first use; otherwise none
+    decoy_index_dir: str | None = None
 
 
 @dataclass
@@ -81,6 +84,15 @@ class ModelConfig:
     # share of warm-start trajectories that look up the (single-hop) answer's name before answering: the habit
     # of searching a name just read, never a multi-hop question
     bootstrap_follow_fraction: float = 0.0
+    # share of warm-start examples that are multi-hop demonstrations on training questions (training-region
+    # entities): the start policy decomposes a question now and then, as an instruct model does
+    bootstrap_multihop_fraction: float = 0.0
+    # the warm start's peak learning rate
+    bootstrap_lr: float = 1e-2
+    # > 0: the warm start reads a practice world of this many people (another seed: entities that appear nowhere
+    # in the run's world), so the start policy learns to read and copy names, not to remember the run's facts;
+    # 0: the training region of the run's own world
+    bootstrap_practice_people: int = 0
     dtype: str = "float32"
     trust_remote_code: bool = False
 
@@ -105,6 +117,7 @@ class RolloutConfig:
     max_new_tokens_per_turn: int = 96
     # prompt plus everything appended to it, in tokens
     max_total_tokens: int = 1024
+    # the sampling temperature; the learner and reference score log-probs at the same one
     temperature: float = 1.0
     top_p: float = 1.0
     # vLLM only
@@ -123,6 +136,8 @@ class RewardConfig:
     # the share of a question's supporting passages the episode retrieved (each counted once, so repeating a
     # search earns nothing more); questions without supporting titles get 0
     evidence_weight: float = 0.0
+    # the same share, paid only to episodes that end with an answer (a policy cannot farm it by searching on)
+    answered_evidence_weight: float = 0.0
 
 
 @dataclass
@@ -185,6 +200,8 @@ class TrainerConfig:
     # evaluate on the dev split every K steps and after the last (0: never)
     eval_every: int = 10
     eval_prompts: int = 100
+    # the start and trained policies are also evaluated against retriever.decoy_index_dir (the closed-book column)
+    eval_closed_book: bool = True
     checkpoint_every: int = 10
     output_dir: str = "runs/default"
     resume: bool = False
@@ -267,7 +284,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 }
 POSITIVE = (
     "retriever.num_shards", "retriever.top_k", "retriever.max_query_chars", "rollout.num_engines",
-    "rollout.n_samples", "rollout.max_turns", "rollout.max_new_tokens_per_turn",
+    "rollout.n_samples", "rollout.temperature", "rollout.max_turns", "rollout.max_new_tokens_per_turn",
     "rollout.max_total_tokens", "rollout.tensor_parallel_size", "learner.num_workers",
     "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
     "algorithm.max_sampling_rounds", "rollout.search_batch_size", "rollout.search_flush_ms",

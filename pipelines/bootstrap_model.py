@@ -30,11 +30,11 @@ from kr1.data import load_questions
 from kr1.errors import run_cli
 from kr1.retrieval.scoring import search_index
 from kr1.rollout.protocol import INVALID_FEEDBACK, PROMPT_TEMPLATES, PROTOCOL_TAGS, THINK_CLOSE, THINK_OPEN
-from kr1.training.warm_start import gold_trajectory, train_sft
+from kr1.training.warm_start import MaskedSequence, gold_trajectory, multihop_trajectory, train_sft
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 # bump when the tokenizer, model or warm start change, so caches keyed by it rebuild
-BOOTSTRAP_VERSION = 2
+BOOTSTRAP_VERSION = 3
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -47,18 +47,27 @@ MODEL_SIZES = {
 
 
 def world_texts(world: Path) -> Iterable[str]:
-    """Everything the tokenizer should compress well: passages, questions, the protocol prose."""
+    """Everything the tokenizer should compress well: the protocol prose and the world's training texts (its
+    training and single-hop questions, their answers and the passages they name). Held-out entities stay out:
+    a merge made only of their names would be a token whose embedding no training step ever touches."""
     yield from PROMPT_TEMPLATES.values()
     yield INVALID_FEEDBACK
-    for name in ("corpus.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl", "single_hop.jsonl"):
+    named: set[str] = set()
+    for name in ("train.jsonl", "single_hop.jsonl"):
         path = world / name
         if not path.is_file():
             continue
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 row = json.loads(line)
-                yield " ".join(str(row.get(k, "")) for k in ("title", "text", "problem"))
-                yield " ".join(row.get("golden_answers", []))
+                named.update(row.get("supporting_titles", []))
+                named.update(row.get("golden_answers", []))
+                yield " ".join([str(row.get("problem", "")), *row.get("golden_answers", [])])
+    with open(world / "corpus.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row.get("title") in named:
+                yield f"{row['title']} {row.get('text', '')}"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -97,9 +106,10 @@ def build_model(tokenizer: PreTrainedTokenizerFast, size: str, seed: int,
 def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, world: Path, index: Path,
                steps: int, seed: int, top_k: int = 3, max_passage_chars: int = 600, template: str = "compact",
                retry_fraction: float = 0.3, lr: float = 1e-2, progress: bool = True,
-               follow_fraction: float = 0.0) -> list[float]:
+               follow_fraction: float = 0.0, multihop_fraction: float = 0.0) -> list[float]:
     """Supervised fine-tuning on gold single-hop trajectories read through the real index; `follow_fraction` of
-    those whose answer has its own passage look that name up before answering."""
+    those whose answer has its own passage look that name up before answering; `multihop_fraction` of all
+    examples are multi-hop demonstrations on training questions (`multihop_demonstrations`)."""
     questions = load_questions(world / "single_hop.jsonl")
     entities = [q.supporting_titles[0] for q in questions]
     hits = search_index(index, entities, top_k + 3)
@@ -119,6 +129,9 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, worl
         # follow_fraction 0 draws nothing: the warm start stays the one it was before the option existed
         follow = a_found if follow_fraction > 0 and miss is None and named and rng.random() < follow_fraction else None
         examples.append(gold_trajectory(tokenizer, q, found[:top_k], max_passage_chars, template, miss, follow))
+    if multihop_fraction > 0:
+        wanted = round(len(examples) * multihop_fraction / (1.0 - multihop_fraction))
+        examples += multihop_demonstrations(tokenizer, world, index, wanted, seed, top_k, max_passage_chars, template)
     threads = torch.get_num_threads()
     # matrices this small run 3x faster on one thread than on two (measured: 0.27 vs 0.93 s/step)
     torch.set_num_threads(1)
@@ -129,10 +142,39 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, worl
         torch.set_num_threads(threads)
 
 
-def bootstrap(world: Path, out: Path, seed: int = 0, size: str = "small", vocab_size: int = 2048,
+# the multi-hop types a demonstration can walk in order, one search per supporting title (a bridge comparison needs
+# four passages, more than a demonstration of the default four turns holds)
+DEMONSTRATED_TYPES = ("compositional", "inference", "comparison")
+
+
+def multihop_demonstrations(tokenizer: PreTrainedTokenizerFast, world: Path, index: Path, count: int, seed: int,
+                            top_k: int = 3, max_passage_chars: int = 600,
+                            template: str = "compact") -> list[MaskedSequence]:
+    """Up to `count` multi-hop demonstrations on the world's training questions (training-region entities only),
+    each hop's passages read through the real index; a question whose supporting passage a search for its
+    title does not surface is left out."""
+    rng = random.Random(seed + 17)
+    questions = [q for q in load_questions(world / "train.jsonl")
+                 if q.type in DEMONSTRATED_TYPES and len(q.supporting_titles) == 2]
+    rng.shuffle(questions)
+    questions = questions[:count]
+    titles = sorted({t for q in questions for t in q.supporting_titles})
+    found = dict(zip(titles, search_index(index, titles, top_k)))
+    demos = []
+    for q in questions:
+        hops = [found[t] for t in q.supporting_titles]
+        if all(any(h.title == t for h in hits) for t, hits in zip(q.supporting_titles, hops)):
+            demos.append(multihop_trajectory(tokenizer, q, hops, max_passage_chars, template))
+    return demos
+
+
+def bootstrap(world: Path, out: Path, seed: int = 0, size: str = "small", vocab_size: int = 3072,
               index: Path | None = None, sft_steps: int = 0, progress: bool = True,
-              follow_fraction: float = 0.0) -> Path:
-    """Write tokenizer and model (warm-started when `sft_steps` > 0) into `out` atomically."""
+              follow_fraction: float = 0.0, multihop_fraction: float = 0.0, lr: float = 1e-2,
+              sft_world: Path | None = None) -> Path:
+    """Write tokenizer and model (warm-started when `sft_steps` > 0) into `out` atomically. The warm start reads
+    `sft_world` (default: `world`) through `index`, an index of that world: a practice world of other entities
+    teaches the skills (read, copy a name, search again) without the run's own entities."""
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r} (choose from {', '.join(MODEL_SIZES)})")
     if not (world / "corpus.jsonl").is_file():
@@ -142,11 +184,14 @@ def bootstrap(world: Path, out: Path, seed: int = 0, size: str = "small", vocab_
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar covers the warm start; saving needs none
-    tokenizer = train_tokenizer(world_texts(world), vocab_size)
+    sft_world = sft_world or world
+    if not (sft_world / "train.jsonl").is_file():
+        raise FileNotFoundError(f"{sft_world}: no train.jsonl (generate it with python -m pipelines.synthetic_world)")
+    tokenizer = train_tokenizer(world_texts(sft_world), vocab_size)  # the texts the model trains on
     model = build_model(tokenizer, size, seed)
     if sft_steps > 0:
-        warm_start(model, tokenizer, world, index, sft_steps, seed, progress=progress,  # type: ignore[arg-type]
-                   follow_fraction=follow_fraction)
+        warm_start(model, tokenizer, sft_world, index, sft_steps, seed, progress=progress,  # type: ignore[arg-type]
+                   follow_fraction=follow_fraction, multihop_fraction=multihop_fraction, lr=lr)
     with atomic_directory(out) as tmp:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
@@ -159,14 +204,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="small")
-    parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--index", type=Path, help="index of the world (needed for the warm start)")
+    parser.add_argument("--vocab-size", type=int, default=3072)
+    parser.add_argument("--index", type=Path, help="index of the warm start's world (needed for the warm start)")
+    parser.add_argument("--sft-world", type=Path, help="the warm start's world, e.g. a practice world of other "
+                                                        "entities (default: --world)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="the warm start's peak learning rate")
     parser.add_argument("--sft-steps", type=int, default=0, help="warm-start steps on single-hop trajectories")
     parser.add_argument("--follow-fraction", type=float, default=0.0,
                         help="share of trajectories that look up the answer's name before answering")
+    parser.add_argument("--multihop-fraction", type=float, default=0.0,
+                        help="share of warm-start examples that are multi-hop demonstrations on training questions")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.multihop_fraction < 1.0:
+        raise ValueError(f"--multihop-fraction must be in [0, 1), got {args.multihop_fraction}")
     bootstrap(args.world, args.out, args.seed, args.size, args.vocab_size, args.index, args.sft_steps,
-              follow_fraction=args.follow_fraction)
+              follow_fraction=args.follow_fraction, multihop_fraction=args.multihop_fraction, lr=args.lr,
+              sft_world=args.sft_world)
     print(f"wrote tokenizer and {args.size} model to {args.out}")
 
 

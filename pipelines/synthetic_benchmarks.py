@@ -1,16 +1,17 @@
 """The synthetic world's questions in FlashRAG's layout, under the seven benchmarks' names, so the
 benchmark path (prepare, evaluate, train on a mixture) runs offline on the embedded default.
 
-    python -m pipelines.synthetic_benchmarks --world ~/.cache/kr1/world2-seed0-people300 --out flashrag/
+    python -m pipelines.synthetic_benchmarks --world ~/.cache/kr1/world3-seed0-people500 --out flashrag/
     python -m pipelines.prepare_benchmarks --local flashrag/ --out data/benchmarks --train
 
-General QA (nq, triviaqa, popqa) gets one-passage questions, multi-hop QA the world's held-out
-test questions: hotpotqa its comparisons (FlashRAG's HotpotQA metadata: `type` bridge or
+Every evaluation file asks about the world's test region, whose entities no training question
+and no warm-start example mentions, so no row measures memorisation. General QA (nq, triviaqa,
+popqa) gets one-passage questions about those entities, multi-hop QA the world's test
+questions: hotpotqa its comparisons (FlashRAG's HotpotQA metadata: `type` bridge or
 comparison, `supporting_facts` as {title, sent_id}), 2wikimultihopqa every type (2Wiki's
 metadata), musique compositional and inference questions (`paragraphs` with `is_supporting`),
-bamboogle compositional ones without metadata. nq and hotpotqa also get a train split (world
-train questions). These are not the real benchmarks: the single-hop questions are the warm
-start's curriculum, so general-QA rows measure what it learned, not generalisation.
+bamboogle compositional ones without metadata. nq and hotpotqa also get a train split (the
+training region's one-passage and comparison questions). These are not the real benchmarks.
 """
 
 from __future__ import annotations
@@ -39,16 +40,16 @@ def _row(record: QARecord, qid: str, name: str) -> dict:
 
 def synthetic_benchmarks(world: Path, out: Path, per_name: int = 50) -> dict[str, dict[str, int]]:
     """Write `out/<name>/<split>.jsonl` for the seven names; returns {name: {split: rows}}."""
-    single = load_questions(world / "single_hop.jsonl")
-    test, train = load_questions(world / "test.jsonl"), load_questions(world / "train.jsonl")
+    single, train = load_questions(world / "single_hop.jsonl"), load_questions(world / "train.jsonl")
+    held_out, test = load_questions(world / "single_hop_test.jsonl"), load_questions(world / "test.jsonl")
     of_type = lambda rows, *types: [q for q in rows if q.type in types]  # noqa: E731
     files = {
-        ("nq", "test"): single[0::3], ("triviaqa", "test"): single[1::3], ("popqa", "test"): single[2::3],
+        ("nq", "test"): held_out[0::3], ("triviaqa", "test"): held_out[1::3], ("popqa", "test"): held_out[2::3],
         ("hotpotqa", "dev"): of_type(test, "comparison", "bridge_comparison"),
         ("2wikimultihopqa", "dev"): test,
         ("musique", "dev"): of_type(test, "compositional", "inference"),
         ("bamboogle", "test"): of_type(test, "compositional")[::-1],
-        ("nq", "train"): single[0::3][per_name:],
+        ("nq", "train"): single[0::3],
         ("hotpotqa", "train"): of_type(train, "comparison", "bridge_comparison"),
     }
     counts: dict[str, dict[str, int]] = {}

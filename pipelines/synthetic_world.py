@@ -1,12 +1,18 @@
 """Generate a fictional knowledge world: a Wikipedia-like corpus and multi-hop questions.
 
-    python -m pipelines.synthetic_world --out ~/.cache/kr1/world --seed 0 [--people 300]
+    python -m pipelines.synthetic_world --out ~/.cache/kr1/world --seed 0 [--people 500]
 
 Writes `corpus.jsonl` (id, title, text), `train.jsonl`, `dev.jsonl`, `test.jsonl`
 (2WikiMultihopQA schema: id, problem, golden_answers, type, supporting_titles),
-`single_hop.jsonl` (one-passage questions, for warm-starting a model on the tag
-format) and `manifest.json`. Every name is invented, so no model can answer without
-searching; the same seed always gives the same files.
+`single_hop.jsonl` (one-passage questions about training entities, for warm-starting a
+model on the tag format), `single_hop_test.jsonl` (the same about test entities) and
+`manifest.json`. Every name is invented, so no model can answer without searching; the
+same seed always gives the same files.
+
+The world is split by entity, not by question: people, films and organisations belong to
+one region (train, dev or test), every relation stays inside its region, and a split's
+questions name its region's entities only (no dev or test question names what a training
+question or warm-start example does); cities, countries, years and occupations recur.
 
 Multi-hop question types follow 2WikiMultihopQA: compositional (film -> director ->
 birthplace), comparison (which of two came first), inference (paternal grandfather,
@@ -19,10 +25,10 @@ import argparse
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from kr1.atomic_write import atomic_directory, write_json, write_jsonl
-from kr1.data import Passage, QARecord
+from kr1.data import Passage, QARecord, load_corpus
 from kr1.errors import run_cli
 
 ONSETS = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr",
@@ -35,9 +41,12 @@ GENRES = ["drama", "comedy", "thriller", "western", "musical", "documentary", "a
 TITLE_NOUNS = ["Lantern", "Harbor", "Orchard", "Tower", "River", "Garden", "Mirror", "Bridge", "Winter",
                "Voyage", "Crown", "Letter", "Island", "Shadow", "Bell", "Feather", "Gate", "Mask"]
 ORG_KINDS = ["Pictures", "Institute", "Records", "Foundation", "Company", "Society", "Works", "Academy"]
-SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
+# each region's share of the people (films and organisations follow them); a split's questions are its region's
+REGION_SHARES = {"train": 0.6, "dev": 0.2, "test": 0.2}
+# dev and test hold at most this many questions of each type, so every type is measured on a similar count
+HELD_OUT_PER_TYPE = 60
 # bump when the generated files change for the same seed, so caches keyed by it rebuild
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Person:
     birth_year: int
     birthplace: str
     occupation: str
+    region: str
     father: str | None = None
     spouse: str | None = None
 
@@ -57,6 +67,7 @@ class Film:
     director: str
     studio: str
     genre: str
+    region: str
 
 
 @dataclass
@@ -65,6 +76,7 @@ class Organisation:
     founded: int
     founder: str
     city: str
+    region: str
 
 
 @dataclass
@@ -82,17 +94,44 @@ class World:
     films: dict[str, Film] = field(default_factory=dict)
     organisations: dict[str, Organisation] = field(default_factory=dict)
 
+    def region(self, region: str) -> "World":
+        """The entities of one region (every relation stays inside it), with the shared cities and countries."""
+        inside = lambda items: {k: v for k, v in items.items() if v.region == region}  # noqa: E731
+        return World(self.countries, self.cities, inside(self.people), inside(self.films),
+                     inside(self.organisations))
+
+
+def _inventory(rng: random.Random, size: int, syllables: Sequence[int], taken: set[str], suffix: str = "") -> list[str]:
+    words: list[str] = []
+    while len(words) < size:
+        parts = [rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(rng.choice(syllables))]
+        word = ("".join(parts) + rng.choice(CODAS)).capitalize() + suffix
+        if word not in taken:
+            taken.add(word)
+            words.append(word)
+    return words
+
+
+def name_inventories() -> dict[str, list[str]]:
+    """The invented words every world builds its names from, the same for every seed: as real names reuse first
+    names, surnames and place names, a held-out person is a new combination of words a model has read before."""
+    rng, taken = random.Random("kr1 names"), set()
+    return {"first": _inventory(rng, 150, [2], taken), "family": _inventory(rng, 150, [2, 3], taken),
+            "title": _inventory(rng, 150, [2], taken), "org": _inventory(rng, 100, [2], taken),
+            "city": _inventory(rng, 200, [2, 3], taken), "country": _inventory(rng, 40, [2], taken, suffix="ia")}
+
 
 class NameMaker:
-    """Invented, pronounceable, globally unique names."""
+    """Invented, pronounceable, globally unique entity names, combined from the shared inventories; `avoid`
+    holds names another world already gave its entities (a decoy or practice world of the same words)."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, avoid: set[str] | None = None) -> None:
         self.rng = rng
-        self.used: set[str] = set()
+        self.words = name_inventories()
+        self.used: set[str] = set(avoid or ())
 
-    def word(self, syllables: int) -> str:
-        parts = [self.rng.choice(ONSETS) + self.rng.choice(VOWELS) for _ in range(syllables)]
-        return ("".join(parts) + self.rng.choice(CODAS)).capitalize()
+    def pick(self, kind: str) -> str:
+        return self.rng.choice(self.words[kind])
 
     def unique(self, make: Any) -> str:
         for _ in range(10_000):
@@ -103,51 +142,60 @@ class NameMaker:
         raise RuntimeError("name space exhausted; use fewer entities")
 
 
-def build_world(seed: int, people: int) -> World:
-    """Entities and their relations; sizes of the other kinds scale with `people`."""
+def build_world(seed: int, people: int, avoid: set[str] | None = None) -> World:
+    """Entities and their relations, region by region; sizes of the other kinds scale with `people`."""
     rng = random.Random(seed)
-    names = NameMaker(rng)
+    names = NameMaker(rng, avoid)
     world = World()
-    world.countries = [names.unique(lambda: names.word(2) + "ia") for _ in range(max(4, people // 40))]
-    for _ in range(max(8, people // 5)):
-        name = names.unique(lambda: names.word(rng.choice([2, 3])))
+    # many countries, so that guessing one without reading scores little
+    countries = names.words["country"]
+    world.countries = rng.sample(countries, min(len(countries), max(8, people // 20)))
+    for name in rng.sample(names.words["city"], min(len(names.words["city"]), max(8, people // 5))):
         world.cities[name] = City(name, rng.choice(world.countries), rng.randint(900, 1850))
+    for region, share in REGION_SHARES.items():
+        _populate(world, rng, names, region, max(10, round(people * share)))
+    return world
+
+
+def _populate(world: World, rng: random.Random, names: NameMaker, region: str, people: int) -> None:
+    """`people` people of one region, with their families, organisations and films."""
     city_names = list(world.cities)
+    members: list[Person] = []
     # parents are created before children so that fathers are always older
     for index in range(people):
         family = None
         father = None
-        elders = list(world.people.values())
-        if elders and rng.random() < 0.6:
-            candidate = rng.choice(elders[-200:])
+        if members and rng.random() < 0.6:
+            candidate = rng.choice(members[-200:])
             if candidate.birth_year < 1975:
                 father = candidate.name
                 family = candidate.name.split()[-1]
-        family = family or names.word(rng.choice([2, 3]))
-        full = names.unique(lambda: f"{names.word(2)} {family}")
+        full = names.unique(lambda: f"{names.pick('first')} {family or names.pick('family')}")
         base_year = world.people[father].birth_year if father else 1840 + (index * 140) // max(1, people)
         year = base_year + (rng.randint(22, 40) if father else rng.randint(0, 10))
-        world.people[full] = Person(full, year, rng.choice(city_names), rng.choice(OCCUPATIONS), father)
-    singles = [p for p in world.people.values()]
+        person = Person(full, year, rng.choice(city_names), rng.choice(OCCUPATIONS), region, father)
+        world.people[full] = person
+        members.append(person)
+    singles = list(members)
     rng.shuffle(singles)
     for a, b in zip(singles[0::2], singles[1::2]):
         # spouses come from different families, so a father-in-law is never one's own father
         if rng.random() < 0.5 and a.name.split()[-1] != b.name.split()[-1] and abs(a.birth_year - b.birth_year) < 15:
             a.spouse, b.spouse = b.name, a.name
-    person_names = list(world.people)
+    person_names = [p.name for p in members]
+    studios = []
     for _ in range(max(6, people // 5)):
         founder = world.people[rng.choice(person_names)]
-        name = names.unique(lambda: f"{names.word(2)} {rng.choice(ORG_KINDS)}")
+        name = names.unique(lambda: f"{names.pick('org')} {rng.choice(ORG_KINDS)}")
         world.organisations[name] = Organisation(name, founder.birth_year + rng.randint(25, 50), founder.name,
-                                                 rng.choice(city_names))
-    studios = list(world.organisations)
+                                                 rng.choice(city_names), region)
+        studios.append(name)
     directors = rng.sample(person_names, k=max(4, people // 4))
     for _ in range(max(10, people // 2)):
         director = world.people[rng.choice(directors)]
-        title = names.unique(lambda: f"The {rng.choice(TITLE_NOUNS)} of {names.word(2)}")
+        title = names.unique(lambda: f"The {rng.choice(TITLE_NOUNS)} of {names.pick('title')}")
         world.films[title] = Film(title, director.birth_year + rng.randint(24, 60), director.name,
-                                  rng.choice(studios), rng.choice(GENRES))
-    return world
+                                  rng.choice(studios), rng.choice(GENRES), region)
 
 
 def _pronoun(rng: random.Random) -> str:
@@ -205,6 +253,8 @@ def multi_hop_questions(world: World, rng: random.Random, per_type: int) -> list
                                        str(director.birth_year), "compositional", [film.title, director.name]))
     for org in orgs:
         founder = world.people[org.founder]
+        if org.city == founder.birthplace:  # the organisation's own passage would answer it: not two hops
+            continue
         compositional.append(_question("", f"Where was the founder of {org.name} born?", founder.birthplace,
                                        "compositional", [org.name, founder.name]))
     for person in people:
@@ -266,8 +316,10 @@ SINGLE_HOP_TEMPLATES = {
 }
 
 
-def single_hop_questions(world: World, rng: random.Random) -> list[QARecord]:
-    """One-passage questions: the warm-start curriculum, never used for the RL task."""
+def single_hop_questions(world: World, rng: random.Random, prefix: str = "single",
+                         with_cities: bool = True) -> list[QARecord]:
+    """One-passage questions about the world's people, films and organisations (and, `with_cities`, the cities'
+    countries): the warm-start curriculum of the training region, never used for the RL task."""
     facts: list[tuple] = []  # (relation, entity, answer[, year])
     for p in world.people.values():
         facts += [("birthplace", p.name, p.birthplace), ("birth_year", p.name, str(p.birth_year))]
@@ -280,44 +332,53 @@ def single_hop_questions(world: World, rng: random.Random) -> list[QARecord]:
     facts += [("film_by", f.director, f.title, f.year) for f in world.films.values()
               if made.count((f.director, f.year)) == 1]
     facts += [("founder", o.name, o.founder) for o in world.organisations.values()]
-    facts += [("country", c.name, c.country) for c in world.cities.values()]
+    facts += [("country", c.name, c.country) for c in world.cities.values()] if with_cities else []
     rows = []
     for i, (relation, entity, answer, *year) in enumerate(facts):
         problem = rng.choice(SINGLE_HOP_TEMPLATES[relation]).format(e=entity, year=year[0] if year else "")
         # the entity searched, then the passage that states the fact (the film's own for "film_by")
-        rows.append(_question(f"single-{i}", problem, answer, "single_hop", [entity, answer] if year else [entity]))
+        rows.append(_question(f"{prefix}-{i}", problem, answer, "single_hop", [entity, answer] if year else [entity]))
     return rows
 
 
-def split_questions(questions: list[QARecord], rng: random.Random) -> dict[str, list[QARecord]]:
-    """Shuffle and cut into train/dev/test; ids name their split."""
-    order = list(questions)
-    rng.shuffle(order)
-    n_dev = max(1, int(len(order) * SPLIT_FRACTIONS["dev"]))
-    n_test = max(1, int(len(order) * SPLIT_FRACTIONS["test"]))
-    splits = {"dev": order[:n_dev], "test": order[n_dev:n_dev + n_test], "train": order[n_dev + n_test:]}
-    for split, rows in splits.items():
+def region_questions(world: World, rng: random.Random) -> dict[str, list[QARecord]]:
+    """Each region's multi-hop questions, shuffled, as its split (dev and test: at most HELD_OUT_PER_TYPE of a
+    type); ids name their split."""
+    splits = {}
+    for region in REGION_SHARES:
+        part = world.region(region)
+        per_type = len(part.people) if region == "train" else min(len(part.people), HELD_OUT_PER_TYPE)
+        rows = multi_hop_questions(part, rng, per_type)
+        rng.shuffle(rows)
         for i, row in enumerate(rows):
-            row.id = f"{split}-{i}"
+            row.id = f"{region}-{i}"
+        splits[region] = rows
     return splits
 
 
-def generate(out: Path, seed: int = 0, people: int = 300) -> dict[str, Any]:
-    """Write the world's files into `out` atomically; returns the manifest."""
+def generate(out: Path, seed: int = 0, people: int = 500, avoid: Path | None = None) -> dict[str, Any]:
+    """Write the world's files into `out` atomically; returns the manifest. `avoid`: another world's directory,
+    none of whose people, films or organisations this world may name (a decoy or practice world)."""
     if people < 20:
         raise ValueError(f"--people must be at least 20, got {people}")
-    world = build_world(seed, people)
+    taken = {p.title for p in load_corpus(avoid / "corpus.jsonl")} if avoid is not None else None
+    world = build_world(seed, people, taken)
     rng = random.Random(seed + 1)
     passages = write_passages(world, rng)
-    splits = split_questions(multi_hop_questions(world, rng, per_type=people), rng)
+    splits = region_questions(world, rng)
     manifest = {"seed": seed, "people": people, "passages": len(passages),
-                **{f"{split}_questions": len(rows) for split, rows in splits.items()}}
+                **{f"{split}_questions": len(rows) for split, rows in splits.items()},
+                **{f"{region}_people": len(world.region(region).people) for region in REGION_SHARES}}
     with atomic_directory(out) as tmp:
         write_jsonl(tmp / "corpus.jsonl", (p.to_row() for p in passages))
         for split, rows in splits.items():
             write_jsonl(tmp / f"{split}.jsonl", (r.to_row() for r in rows))
-        manifest["single_hop_questions"] = write_jsonl(tmp / "single_hop.jsonl",
-                                                       (r.to_row() for r in single_hop_questions(world, rng)))
+        single = single_hop_questions(world.region("train"), rng)
+        manifest["single_hop_questions"] = write_jsonl(tmp / "single_hop.jsonl", (r.to_row() for r in single))
+        # the same kinds of questions about test-region entities, for measuring single-hop QA on held-out entities
+        held_out = single_hop_questions(world.region("test"), rng, prefix="single-test", with_cities=False)
+        manifest["single_hop_test_questions"] = write_jsonl(tmp / "single_hop_test.jsonl",
+                                                            (r.to_row() for r in held_out))
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
@@ -326,9 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory to write (replaced atomically)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--people", type=int, default=300, help="world size; other entities scale with it")
+    parser.add_argument("--people", type=int, default=500, help="world size; other entities scale with it")
+    parser.add_argument("--avoid", type=Path, help="another world whose people, films and organisations this one "
+                                                    "may not name (a decoy or practice world beside it)")
     args = parser.parse_args(argv)
-    manifest = generate(args.out, args.seed, args.people)
+    manifest = generate(args.out, args.seed, args.people, avoid=args.avoid)
     print(f"wrote {args.out}: {manifest['passages']} passages, {manifest['train_questions']} train / "
           f"{manifest['dev_questions']} dev / {manifest['test_questions']} test questions")
 

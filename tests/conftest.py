@@ -105,6 +105,18 @@ def index_factory(ray_session, world_dir, tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def decoy_index(ray_session, world_dir, tmp_path_factory) -> Path:
+    """The index of another seed's world beside the session world: the closed-book column's retriever."""
+    from pipelines.build_index import build_index
+    from pipelines.synthetic_world import generate
+
+    world = tmp_path_factory.mktemp("decoy") / "world"
+    generate(world, seed=1000, people=60, avoid=world_dir)
+    build_index(world / "corpus.jsonl", world.parent / "index", 2, progress=False)
+    return world.parent / "index"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tiny_model_build(request, tmp_path_factory):
     """`python -m pipelines.bootstrap_model` started at once in a child process (it trains on one thread),
@@ -207,12 +219,13 @@ def untrained_model(world_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def run_overrides(world_dir, index_factory):
+def run_overrides(world_dir, index_factory, decoy_index):
     """`key=value` overrides of the default config for a small driver run of `model` writing to `out`."""
 
     def make(out: Path, model: Path, **extra) -> list[str]:
         items = {"data.train_path": world_dir / "train.jsonl", "data.dev_path": world_dir / "dev.jsonl",
                  "data.test_path": world_dir / "test.jsonl", "retriever.index_dir": index_factory(2),
+                 "retriever.decoy_index_dir": decoy_index,
                  "model.path": model, "trainer.output_dir": out, **RUN_SETTINGS, **extra}
         return [f"{k}={v}" for k, v in items.items()]
 

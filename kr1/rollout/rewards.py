@@ -96,6 +96,15 @@ def evidence_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]
     return [0.0 if math.isnan(r) else r for r in map(evidence_recall, retrieved_titles, supporting_titles)]
 
 
+def answered_evidence_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], *,
+                             retrieved_titles: Sequence[Sequence[Sequence[str]]],
+                             supporting_titles: Sequence[Sequence[str]], **meta: Any) -> list[float]:
+    """Evidence recall for episodes that end with an answer, 0 for the rest: searching on without ever
+    answering earns nothing (the plain evidence reward pays a policy that searches until its turns run out)."""
+    recall = evidence_reward(answers, golds, retrieved_titles=retrieved_titles, supporting_titles=supporting_titles)
+    return [r if a is not None else 0.0 for r, a in zip(recall, answers)]
+
+
 def format_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], *,
                   invalid_actions: Sequence[int], **meta: Any) -> list[float]:
     """1 for an episode that ended with a well-formed answer and no invalid action, else 0."""
@@ -103,7 +112,8 @@ def format_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]],
 
 
 REWARD_FUNCTIONS: dict[str, RewardFn] = {"em": em_reward, "f1": f1_reward, "cover_em": cover_em_reward,
-                                         "format": format_reward, "evidence": evidence_reward}
+                                         "format": format_reward, "evidence": evidence_reward,
+                                         "answered_evidence": answered_evidence_reward}
 
 
 def combined_rewards(answers: Sequence[str | None], golds: Sequence[Sequence[str]], weights: Mapping[str, float],
@@ -150,7 +160,8 @@ def informative_groups(question_ids: Sequence[str], rewards: np.ndarray) -> list
 
 
 def reward_weights(cfg: RewardConfig) -> dict[str, float]:
-    return {"em": cfg.em_weight, "f1": cfg.f1_weight, "format": cfg.format_weight, "evidence": cfg.evidence_weight}
+    return {"em": cfg.em_weight, "f1": cfg.f1_weight, "format": cfg.format_weight, "evidence": cfg.evidence_weight,
+            "answered_evidence": cfg.answered_evidence_weight}
 
 
 def score_episodes(episodes: Sequence[Any], golds: Mapping[str, Sequence[str]], weights: Mapping[str, float],

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kr1.config import Config, ConfigError, expand_path
+from kr1.config import Config, ConfigError, ModelConfig, expand_path
 from kr1.data import DataError, QARecord, load_question_files
 from kr1.retrieval.index import BM25IndexError, IndexManifest, check_index
 from pipelines.build_index import build_index
@@ -30,11 +30,18 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr)  # stdout stays for results (tables, JSON)
 
 
+# the closed-book column's default for the synthetic world: the index of the world of this seed offset
+DECOY_SEED_OFFSET = 1000
+# the warm start's practice world (model.bootstrap_practice_people): the world of this seed offset
+PRACTICE_SEED_OFFSET = 2000
+
+
 @dataclass
 class Assets:
     question_paths: dict[str, list[Path]]  # split -> its question files (several: a mixture)
     index_dir: Path
     model_path: str
+    decoy_index_dir: Path | None = None  # passages that cannot answer the questions (closed-book evaluation)
 
     def split_paths(self, split: str) -> list[Path]:
         if split not in self.question_paths:
@@ -46,13 +53,16 @@ class Assets:
         return load_question_files(self.split_paths(split))
 
 
-def synthetic_world(cache_dir: str | Path, seed: int, people: int, progress: bool = False) -> Path:
-    """The synthetic world of `people` people under `cache_dir`, generated on first use."""
-    world = Path(cache_dir) / f"world{WORLD_VERSION}-seed{seed}-people{people}"
+def synthetic_world(cache_dir: str | Path, seed: int, people: int, progress: bool = False,
+                    avoid: Path | None = None) -> Path:
+    """The synthetic world of `people` people under `cache_dir`, generated on first use; `avoid`: a world whose
+    entity names this one may not use (for a decoy or practice world beside it)."""
+    beside = f"-beside-{avoid.name}" if avoid is not None else ""
+    world = Path(cache_dir) / f"world{WORLD_VERSION}-seed{seed}-people{people}{beside}"
     if not (world / MANIFEST).is_file():
         if progress:
             _note(f"building the synthetic world in {world}")
-        generate(world, seed, people)
+        generate(world, seed, people, avoid=avoid)
     return world
 
 
@@ -91,18 +101,52 @@ def _bootstrapped_model(cfg: Config, world: Path, index: Path, progress: bool) -
 
     m = cfg.model
     follow = f"-follow{m.bootstrap_follow_fraction:g}" if m.bootstrap_follow_fraction else ""
+    multihop = f"-multihop{m.bootstrap_multihop_fraction:g}" if m.bootstrap_multihop_fraction else ""
+    lr = f"-lr{m.bootstrap_lr:g}" if m.bootstrap_lr != ModelConfig.bootstrap_lr else ""
+    practice = f"-practice{m.bootstrap_practice_people}" if m.bootstrap_practice_people else ""
     out = world.parent / (f"{world.name}-model{BOOTSTRAP_VERSION}-{m.bootstrap_size}-sft{m.bootstrap_sft_steps}"
-                          f"{follow}-seed{cfg.trainer.seed}")
+                          f"{follow}{multihop}{lr}{practice}-seed{cfg.trainer.seed}")
     if not (out / "config.json").is_file():
+        sft_world, sft_index = world, index
+        if m.bootstrap_practice_people:  # a world of its own seed: no entity of the run's world is in it
+            sft_world = synthetic_world(world.parent, cfg.data.synthetic_seed + PRACTICE_SEED_OFFSET,
+                                        m.bootstrap_practice_people, progress, avoid=world)
+            sft_index = world.parent / f"{sft_world.name}-index{cfg.retriever.num_shards}"
+            if not (sft_index / MANIFEST).is_file():
+                build_index(sft_world / "corpus.jsonl", sft_index, cfg.retriever.num_shards, cfg.retriever.k1,
+                            cfg.retriever.b, progress=False)
         if progress:
             _note(f"bootstrapping the {m.bootstrap_size} model in {out}")
-        bootstrap(world, out, cfg.trainer.seed, m.bootstrap_size, index=index, sft_steps=m.bootstrap_sft_steps,
-                  progress=progress, follow_fraction=m.bootstrap_follow_fraction)
+        bootstrap(world, out, cfg.trainer.seed, m.bootstrap_size, index=sft_index, sft_steps=m.bootstrap_sft_steps,
+                  progress=progress, follow_fraction=m.bootstrap_follow_fraction,
+                  multihop_fraction=m.bootstrap_multihop_fraction, lr=m.bootstrap_lr, sft_world=sft_world)
     return str(out)
 
 
-def resolve_assets(cfg: Config, progress: bool = True) -> Assets:
-    """Paths of every input of a run, building the embedded default's on first use."""
+def _decoy_index(cfg: Config, progress: bool) -> Path | None:
+    """The closed-book column's index: retriever.decoy_index_dir, or for the synthetic world the index of
+    another seed's world (built on first use); None where there is neither."""
+    if cfg.retriever.decoy_index_dir:
+        index = expand_path(cfg.retriever.decoy_index_dir)
+        check_index(index)
+        return index
+    d = cfg.data
+    if d.name != "synthetic" or cfg.retriever.corpus_path:
+        return None
+    own = synthetic_world(expand_path(d.cache_dir), d.synthetic_seed, d.synthetic_people, progress)
+    world = synthetic_world(own.parent, d.synthetic_seed + DECOY_SEED_OFFSET, d.synthetic_people, progress, avoid=own)
+    out = world.parent / f"{world.name}-index{cfg.retriever.num_shards}"
+    if not (out / MANIFEST).is_file():
+        if progress:
+            _note(f"building the decoy index (closed-book evaluation) in {out}")
+        build_index(world / "corpus.jsonl", out, cfg.retriever.num_shards, cfg.retriever.k1, cfg.retriever.b,
+                    progress=False)
+    return out
+
+
+def resolve_assets(cfg: Config, progress: bool = True, decoy: bool = False) -> Assets:
+    """Paths of every input of a run, building the embedded default's on first use (with `decoy`, also the
+    closed-book column's index)."""
     d = cfg.data
     explicit = {s: getattr(d, f"{s}_path") for s in ("train", "dev", "test")}
     explicit = {s: [p] if isinstance(p, str) else p for s, p in explicit.items()}  # one file or a mixture
@@ -127,7 +171,7 @@ def resolve_assets(cfg: Config, progress: bool = True) -> Assets:
     check_index(index, cfg.retriever.num_shards)  # a mismatched index fails here, before any actor starts
     if cfg.model.path:
         model = resolve_model_path(cfg.model.path)
-    return Assets(paths, index, model)
+    return Assets(paths, index, model, _decoy_index(cfg, progress) if decoy else None)
 
 
 def resolve_model_path(path: str) -> str:

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from kr1.cluster import ensure_ray
-from kr1.config import Config
+from kr1.config import Config, ConfigError
 from kr1.data import DataError, QARecord, load_questions
 from kr1.rollout.rewards import EpisodeScores, reward_weights, score_episodes
 from kr1.run.assets import resolve_assets, resolve_model_path
-from kr1.run.metrics import episode_metrics
+from kr1.run.metrics import episode_metrics, type_metrics
 from kr1.run.pools import start_engines, start_retriever
 from pipelines.prepare_benchmarks import EVAL_SPLITS, MANIFEST
 
@@ -39,24 +39,27 @@ def trajectory_rows(episodes: Sequence[Any], questions: Sequence[QARecord], scor
             "answer": e.answer, "em": float(scores.em[i]), "f1": float(scores.f1[i]),
             "reward": float(scores.rewards[i]),
             "finish": e.finish, "actions": e.actions, "queries": e.queries, "retrieved_ids": e.retrieved_ids,
+            "retrieved_titles": e.retrieved_titles,
             "generated_tokens": e.generated_tokens, "response": e.response_text,
         })
     return rows
 
 
-def evaluate(cfg: Config, questions: Sequence[QARecord], engines: Any) -> tuple[dict[str, float], list[dict]]:
-    """Greedy episodes for `questions` through an engine pool; (metrics, trajectory rows)."""
-    return evaluate_groups(cfg, {"": questions}, engines)[""]
+def evaluate(cfg: Config, questions: Sequence[QARecord], engines: Any,
+             retriever: Any = None) -> tuple[dict[str, float], list[dict]]:
+    """Greedy episodes for `questions` through an engine pool (searching `retriever` instead of the engines'
+    own when given: the closed-book evaluation); (metrics, trajectory rows)."""
+    return evaluate_groups(cfg, {"": questions}, engines, retriever)[""]
 
 
-def evaluate_groups(cfg: Config, groups: Mapping[str, Sequence[QARecord]],
-                    engines: Any) -> dict[str, tuple[dict[str, float], list[dict]]]:
+def evaluate_groups(cfg: Config, groups: Mapping[str, Sequence[QARecord]], engines: Any,
+                    retriever: Any = None) -> dict[str, tuple[dict[str, float], list[dict]]]:
     """Every group's questions played in one batch (ids unique across groups), scored per group."""
     questions = [q for group in groups.values() for q in group]
     if len({q.id for q in questions}) < len(questions):
         raise DataError(f"question ids repeat across {', '.join(groups)} "
                         "(prepare them with pipelines.prepare_benchmarks)")
-    episodes = engines.rollout(questions, n_samples=1, greedy=True)
+    episodes = engines.rollout(questions, n_samples=1, greedy=True, retriever=retriever)
     by_id = {e.question_id: e for e in episodes}
     weights = reward_weights(cfg.reward)
     out = {}
@@ -64,11 +67,8 @@ def evaluate_groups(cfg: Config, groups: Mapping[str, Sequence[QARecord]],
         picked = [by_id[q.id] for q in group]
         scores = score_episodes(picked, {q.id: q.golden_answers for q in group}, weights,
                                 {q.id: q.supporting_titles for q in group})
-        metrics = {**episode_metrics(picked, scores), "n": float(len(group))}
-        types = {q.id: q.type for q in group}
-        for qtype in sorted({t for t in types.values() if t}):
-            mask = [types[e.question_id] == qtype for e in picked]
-            metrics[f"em_{qtype}"] = 100.0 * float(scores.em[mask].mean())
+        metrics = {**episode_metrics(picked, scores), "n": float(len(group)),
+                   **type_metrics(picked, [q.type for q in group], scores)}
         out[name] = (metrics, trajectory_rows(picked, group, scores))
     return out
 
@@ -84,21 +84,38 @@ class ModelEvaluation:
     seconds: float
 
 
-def evaluate_model(cfg: Config, limit: int | None = None) -> ModelEvaluation:
-    """Find the inputs, start a retriever and engine pool for `model.path`, and evaluate `data.split`."""
-    assets = resolve_assets(cfg)
+def evaluate_model(cfg: Config, limit: int | None = None, decoy: str | None = None) -> list[ModelEvaluation]:
+    """Find the inputs, start a retriever and engine pool for `model.path`, and evaluate `data.split`; with
+    `decoy` ("auto": retriever.decoy_index_dir or another seed's world; else an index directory), a second
+    evaluation searches that index instead (the closed-book row, its split named "<split> (decoy index)")."""
+    if decoy not in (None, "auto"):
+        cfg = replace(cfg, retriever=replace(cfg.retriever, decoy_index_dir=decoy))
+    assets = resolve_assets(cfg, decoy=decoy is not None)
+    if decoy is not None and assets.decoy_index_dir is None:
+        raise ConfigError("--index-decoy: no decoy index for these questions (set retriever.decoy_index_dir, or "
+                          "give the index directory: --index-decoy DIR)")
     questions = assets.questions(cfg.data.split)[:limit]
     ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host)
     retriever = start_retriever(cfg.retriever, assets.index_dir)
     engines = start_engines(cfg, assets.model_path, retriever)
+    results = []
     try:
-        start = time.perf_counter()
-        metrics, rows = evaluate(cfg, questions, engines)
-        seconds = time.perf_counter() - start
+        for split, index in ((cfg.data.split, None), (f"{cfg.data.split} (decoy index)", assets.decoy_index_dir)):
+            if split != cfg.data.split and index is None:
+                continue
+            other = start_retriever(cfg.retriever, index, any_shards=True) if index is not None else None
+            try:
+                start = time.perf_counter()
+                metrics, rows = evaluate(cfg, questions, engines, other)
+                results.append(ModelEvaluation(Path(assets.model_path).name, split, metrics, rows,
+                                               time.perf_counter() - start))
+            finally:
+                if other is not None:
+                    other.close()
     finally:
         engines.close()
         retriever.close()
-    return ModelEvaluation(Path(assets.model_path).name, cfg.data.split, metrics, rows, seconds)
+    return results
 
 
 def benchmark_paths(benchmark_dir: str | Path, names: Sequence[str]) -> dict[str, Path]:

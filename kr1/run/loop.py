@@ -19,15 +19,21 @@ from kr1.config import Config
 from kr1.run.run_logger import PhaseTimer
 from kr1.run.training_run import TrainingRun
 from kr1.training.batch import TrainBatch
+from pipelines.plot_run import plot
 
 
 def train(cfg: Config, quiet: bool = False) -> list[dict[str, float]]:
     """Run `trainer.total_steps` steps (from the checkpoint when resuming); returns each step's metrics."""
     run = TrainingRun(cfg, quiet=quiet)
     try:
-        return run_steps(run, quiet)
+        history = run_steps(run, quiet)
     finally:
         run.close()
+    if history:  # after close: every scalar is on disk (a resumed run with no step left keeps its figure)
+        figure = plot(run.output_dir, run.output_dir / "curves.png")
+        if not quiet:
+            print(f"curves: {figure} (tensorboard --logdir {run.output_dir / 'tensorboard'})")
+    return history
 
 
 def run_steps(run: TrainingRun, quiet: bool = False) -> list[dict[str, float]]:
@@ -47,7 +53,8 @@ def run_steps(run: TrainingRun, quiet: bool = False) -> list[dict[str, float]]:
             del history[max(0, step - run.start_step):]
             timer.pop()
     if not quiet:
-        run.report(before, {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("eval/")})
+        last = history[-1] if history else {}
+        run.report(before, {k: v for k, v in last.items() if k.startswith(("eval/", "closed_book/"))})
     return history
 
 

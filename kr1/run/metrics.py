@@ -20,9 +20,10 @@ TABLE_COLUMNS = {
     "em": "EM", "f1": "F1", "turns": "turns", "searches": "searches", "response_tokens": "resp. tokens",
     "invalid_rate": "invalid %", "answered": "answered %",
 }
-# per question type, when the questions carry one (multi-hop EM by 2WikiMultihopQA type)
-TYPE_COLUMNS = {"em_compositional": "EM comp.", "em_inference": "EM infer.", "em_comparison": "EM compar.",
-                "em_bridge_comparison": "EM bridge"}
+# shown where a row has them: evidence read, EM against a decoy index (closed-book), EM by 2WikiMultihopQA type
+OPTIONAL_COLUMNS = {"evidence_recall": "evidence %", "closed_book_em": "closed-book EM",
+                    "em_compositional": "EM comp.", "em_inference": "EM infer.", "em_comparison": "EM compar.",
+                    "em_bridge_comparison": "EM bridge"}
 
 
 # the benchmark table's columns (Search-R1's and FlashRAG's figures, and how the agent behaved)
@@ -61,6 +62,21 @@ def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str,
     }
 
 
+def type_metrics(episodes: Sequence[Any], types: Sequence[str | None], scores: EpisodeScores) -> dict[str, float]:
+    """Per question type (where questions carry one): EM and evidence recall in percent, searches per episode
+    and the count, as em_<type>, evidence_recall_<type>, searches_<type>, n_<type>."""
+    out: dict[str, float] = {}
+    kinds = np.array([t or "" for t in types])
+    for qtype in sorted(set(kinds) - {""}):
+        mask = kinds == qtype
+        out[f"em_{qtype}"] = 100.0 * float(scores.em[mask].mean())
+        out[f"searches_{qtype}"] = float(np.mean([e.num_searches for e, m in zip(episodes, mask) if m]))
+        if np.isfinite(scores.evidence[mask]).any():
+            out[f"evidence_recall_{qtype}"] = 100.0 * float(np.nanmean(scores.evidence[mask]))
+        out[f"n_{qtype}"] = float(mask.sum())
+    return out
+
+
 def search_metrics(episodes: Sequence[Any], rollout_seconds: float) -> dict[str, float]:
     """How queries reached the retriever during one rollout: queries per second of rollout wall time, the
     retriever batch each query rode in (mean size), and each query's wait from asking to reading its
@@ -75,14 +91,41 @@ def search_metrics(episodes: Sequence[Any], rollout_seconds: float) -> dict[str,
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """A markdown table: one row per named result, the columns of TABLE_COLUMNS (+ per-type EM if present)."""
+    """A markdown table: one row per named result, the columns of TABLE_COLUMNS (+ OPTIONAL_COLUMNS present)."""
     columns = dict(TABLE_COLUMNS)
-    columns.update({k: v for k, v in TYPE_COLUMNS.items() if any(k in m for m in rows.values())})
+    columns.update({k: v for k, v in OPTIONAL_COLUMNS.items() if any(k in m for m in rows.values())})
     header = "| model | " + " | ".join(columns.values()) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 1)]
     for name, metrics in rows.items():
         cells = [f"{metrics.get(key, float('nan')):.2f}" for key in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# question types whose answer is one of two names the question gives: answering either at random scores 50 %
+TWO_CANDIDATE_TYPES = ("comparison", "bridge_comparison")
+
+
+def type_table(runs: Mapping[str, Mapping[str, float]], closed: Mapping[str, Mapping[str, float]] | None = None
+               ) -> str:
+    """A markdown table with a row per question type: n, EM of each named run (e.g. start, trained), its
+    closed-book EM (`closed`: the same runs evaluated against a decoy index), the guessing floor, searches per
+    episode and evidence recall."""
+    closed = closed or {}
+    types = sorted({k.removeprefix("n_") for m in runs.values() for k in m if k.startswith("n_")})
+    label = lambda what, name: f"{what} {name}".strip()  # noqa: E731
+    columns = ["type", "n"] + [label("EM", n) for n in runs] + [label("closed-book EM", n) for n in closed] + \
+        ["guessing floor"] + [label("searches", n) for n in runs] + [label("evidence recall", n) for n in runs]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    first = next(iter(runs.values()))
+    cell = lambda m, key: f"{m[key]:.2f}" if key in m else "-"  # noqa: E731
+    for qtype in types:
+        row = [qtype, f"{first.get(f'n_{qtype}', 0):.0f}"]
+        row += [cell(m, f"em_{qtype}") for m in runs.values()] + [cell(m, f"em_{qtype}") for m in closed.values()]
+        row.append("50" if qtype in TWO_CANDIDATE_TYPES else "-")
+        row += [cell(m, f"searches_{qtype}") for m in runs.values()]
+        row += [cell(m, f"evidence_recall_{qtype}") for m in runs.values()]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

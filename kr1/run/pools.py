@@ -17,11 +17,13 @@ from actors.rollout_engine import RolloutEnginePool
 from kr1.config import Config, RetrieverConfig
 
 
-def start_retriever(cfg: RetrieverConfig, index_dir: str | Path, num_cpus_per_shard: float | None = None
-                    ) -> RetrieverPool:
-    """The index's shards as actors (`num_cpus_per_shard` overrides the config's share of a core)."""
+def start_retriever(cfg: RetrieverConfig, index_dir: str | Path, num_cpus_per_shard: float | None = None,
+                    any_shards: bool = False) -> RetrieverPool:
+    """The index's shards as actors (`num_cpus_per_shard` overrides the config's share of a core); `any_shards`:
+    as many as the index has (a decoy index), not retriever.num_shards."""
     cpus = cfg.num_cpus_per_shard if num_cpus_per_shard is None else num_cpus_per_shard
-    return RetrieverPool(index_dir, cfg.num_shards, cfg.top_k, cfg.backend, cfg.max_query_chars, cpus)
+    return RetrieverPool(index_dir, None if any_shards else cfg.num_shards, cfg.top_k, cfg.backend,
+                         cfg.max_query_chars, cpus)
 
 
 def start_engines(cfg: Config, model_path: str | Path, retriever: RetrieverPool, placement: Any = None

@@ -29,10 +29,10 @@ INPUTS_FILE = "inputs.json"
 # keys (or sections, ending in ".") that may change between legs of one run
 LEG_KEYS = (
     "trainer.total_steps", "trainer.eval_every", "trainer.eval_prompts", "trainer.checkpoint_every",
-    "trainer.output_dir", "trainer.max_recoveries",
+    "trainer.output_dir", "trainer.max_recoveries", "trainer.eval_closed_book",
     "data.dev_path", "data.test_path", "data.split", "data.cache_dir",
     "retriever.index_dir", "retriever.corpus_path", "retriever.num_shards", "retriever.backend",
-    "retriever.num_cpus_per_shard",
+    "retriever.num_cpus_per_shard", "retriever.decoy_index_dir",
     "rollout.backend", "rollout.num_engines", "rollout.tensor_parallel_size", "rollout.gpu_memory_utilization",
     "rollout.enforce_eager", "rollout.sleep_level",
     "learner.num_workers", "learner.token_budget", "learner.gradient_checkpointing", "learner.cpu_offload",

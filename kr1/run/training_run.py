@@ -29,7 +29,7 @@ from kr1.errors import writes_to
 from kr1.rollout.rewards import EpisodeScores, informative_groups
 from kr1.run.assets import resolve_assets
 from kr1.run.evaluation import evaluate
-from kr1.run.metrics import episode_metrics, metrics_table, search_metrics
+from kr1.run.metrics import episode_metrics, metrics_table, search_metrics, type_metrics, type_table
 from kr1.run.placement import Placement, check_cluster_fits
 from kr1.run.pools import start_engines, start_retriever
 from kr1.run.resume_check import INPUTS_FILE, check_resume, input_fingerprints
@@ -53,10 +53,11 @@ class TrainingRun:
         # any building starts
         ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host, include_dashboard=True)
         check_cluster_fits(cfg)
-        self.assets = resolve_assets(cfg, progress=not quiet)
+        self.assets = resolve_assets(cfg, progress=not quiet, decoy=cfg.trainer.eval_closed_book)
         self.loader = PromptLoader(self.assets.questions("train"), cfg.trainer.prompts_per_step, cfg.trainer.seed)
         self.golds = {q.id: q.golden_answers for q in self.loader.questions}
         self.supporting = {q.id: q.supporting_titles for q in self.loader.questions}
+        self.types = {q.id: q.type for q in self.loader.questions}
         self.dev = self.assets.questions("dev")[:cfg.trainer.eval_prompts]
         self.inputs = input_fingerprints(self.assets.model_path, self.assets.index_dir,
                                          self.assets.split_paths("train"))
@@ -153,35 +154,60 @@ class TrainingRun:
         self.weight_sync.sync(self.learners, self.engines)
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Greedy dev-split metrics every `trainer.eval_every` steps (and after the last)."""
+        """Greedy dev-split metrics every `trainer.eval_every` steps, and after the last (with the closed-book
+        metrics there)."""
         every, last = self.cfg.trainer.eval_every, step + 1 == self.cfg.trainer.total_steps
         if not self.dev or every <= 0 or not (last or (step + 1) % every == 0):
             return {}
-        return self._dev_metrics()
+        return {**self._dev_metrics(), **(self._closed_book_metrics() if last else {})}
 
     def _dev_metrics(self) -> dict[str, float]:
         metrics, _ = evaluate(self.cfg, self.dev, self.engines)
         return {f"eval/{k}": v for k, v in metrics.items()}
 
+    def _closed_book_metrics(self) -> dict[str, float]:
+        """The dev metrics again with every search answered from the decoy index (EM when retrieval cannot help);
+        none without a decoy index or with trainer.eval_closed_book off."""
+        if self.assets.decoy_index_dir is None or not self.cfg.trainer.eval_closed_book:
+            return {}
+        # no CPU reserved: it serves only while the run's own retriever waits, and a full cluster would never place it
+        decoy = start_retriever(self.cfg.retriever, self.assets.decoy_index_dir, num_cpus_per_shard=0, any_shards=True)
+        try:
+            metrics, _ = evaluate(self.cfg, self.dev, self.engines, decoy)
+        finally:
+            decoy.close()
+        return {f"closed_book/{k}": v for k, v in metrics.items()}
+
     def evaluate_start(self) -> dict[str, float]:
-        """The starting policy's dev metrics, logged at step 0 (skipped when resuming or eval is off)."""
+        """The starting policy's dev and closed-book metrics, logged at step 0 (skipped when resuming or eval is
+        off)."""
         if self.start_step > 0 or self.cfg.trainer.eval_every <= 0 or not self.dev:
             return {}
-        metrics = self._dev_metrics()
+        metrics = {**self._dev_metrics(), **self._closed_book_metrics()}
         self.logger.log(0, metrics)
         return metrics
 
     def report(self, before: dict[str, float], after: dict[str, float]) -> None:
-        """Print the dev table of the starting policy beside the trained one."""
-        rows = {name: {k.removeprefix("eval/"): v for k, v in m.items()}
-                for name, m in (("start", before), ("trained", after)) if m}
-        if rows:
-            print(f"dev split, {len(self.dev)} questions, greedy:")
+        """Print the dev table of the starting policy beside the trained one, with the closed-book EM, and a row
+        per question type."""
+        def split(m: dict[str, float], prefix: str) -> dict[str, float]:
+            return {k.removeprefix(prefix): v for k, v in m.items() if k.startswith(prefix)}
+        runs = {name: split(m, "eval/") for name, m in (("start", before), ("trained", after)) if m}
+        closed = {name: split(m, "closed_book/") for name, m in (("start", before), ("trained", after))
+                  if any(k.startswith("closed_book/") for k in m)}
+        if runs:
+            rows = {name: {**m, **({"closed_book_em": closed[name]["em"]} if name in closed else {})}
+                    for name, m in runs.items()}
+            print(f"dev split, {len(self.dev)} questions, greedy (closed-book: searches answered from another "
+                  f"world's index):")
             print(metrics_table(rows))
+            if any(k.startswith("n_") for m in runs.values() for k in m):
+                print(type_table(runs, closed))
 
     def log(self, step: int, episodes: list[Any], batch: TrainBatch, scores: EpisodeScores,
             train: dict[str, float], evaluation: dict[str, float], times: dict[str, float]) -> dict[str, float]:
-        rollout = episode_metrics(episodes, scores)
+        rollout = {**episode_metrics(episodes, scores),
+                   **type_metrics(episodes, [self.types.get(e.question_id) for e in episodes], scores)}
         if "informative_groups" not in self.sampling:  # without dynamic sampling: read off the step's scores
             groups = len({e.question_id for e in episodes})
             self.sampling["informative_groups"] = 100.0 * len(informative_groups(

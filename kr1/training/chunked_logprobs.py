@@ -59,11 +59,15 @@ def chunked_token_logprobs(hidden: torch.Tensor, head: torch.nn.Module, input_id
 
 @contextlib.contextmanager
 def chunked_output_head(model: Any, input_ids: torch.Tensor, chunk_tokens: int, with_entropy: bool = True,
-                        entropy_grad: bool = False) -> Iterator[None]:
-    """During the block, `model(...).logits` is (B, T, 2) [log-prob, entropy] computed in chunks."""
+                        entropy_grad: bool = False, temperature: float = 1.0) -> Iterator[None]:
+    """During the block, `model(...).logits` is (B, T, 2) [log-prob, entropy] computed in chunks, of
+    softmax(logits / temperature) (the head has no bias, so the hidden states are scaled instead)."""
     head = model.get_output_embeddings()
-    head.forward = lambda hidden: chunked_token_logprobs(hidden, head, input_ids, chunk_tokens, with_entropy,
-                                                         entropy_grad)
+    if getattr(head, "bias", None) is not None and temperature != 1.0:
+        raise ValueError("a temperature other than 1 needs an output head without bias for chunked log-probs")
+    scale = 1.0 / temperature
+    head.forward = lambda hidden: chunked_token_logprobs(hidden * scale if scale != 1.0 else hidden, head, input_ids,
+                                                         chunk_tokens, with_entropy, entropy_grad)
     try:
         yield
     finally:

@@ -36,16 +36,20 @@ def _tensors(batch: TrainBatch, rows: np.ndarray, device: torch.device) -> dict[
 
 
 def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False,
-            chunk_tokens: int = 0, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) token log-probs and, optionally, (B, T) entropies (with a gradient only if `entropy_grad`).
+            chunk_tokens: int = 0, entropy_grad: bool = False,
+            temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) token log-probs and, optionally, (B, T) entropies (with a gradient only if `entropy_grad`), of
+    the distribution the rollout sampled from: softmax(logits / `temperature`).
 
     `chunk_tokens` > 0: from the final hidden states, that many positions at a time (no T x V logits
     held, each chunk recomputed in backward: kr1.training.chunked_logprobs); 0: from the full logits."""
     if chunk_tokens > 0:
-        with chunked_output_head(model, input_ids, chunk_tokens, with_entropy, entropy_grad):
+        with chunked_output_head(model, input_ids, chunk_tokens, with_entropy, entropy_grad, temperature):
             out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return out[..., 0], out[..., 1] if with_entropy else None
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    if temperature != 1.0:
+        logits = logits / temperature
     logprobs = token_logprobs(logits, input_ids)
     entropy = token_entropy(logits if entropy_grad else logits.detach()) if with_entropy else None
     return logprobs, entropy
@@ -61,8 +65,8 @@ def _idle_pass(model: Any, device: torch.device, backward: bool) -> None:
 
 @torch.no_grad()
 def batch_logprobs(model: Any, batch: TrainBatch, micro_batches: Sequence[np.ndarray],
-                   device: torch.device, chunk_tokens: int = 0) -> np.ndarray:
-    """(B, T) float32 log-probs of `batch` under `model`, micro-batch by micro-batch."""
+                   device: torch.device, chunk_tokens: int = 0, temperature: float = 1.0) -> np.ndarray:
+    """(B, T) float32 log-probs of `batch` under `model` sampled at `temperature`, micro-batch by micro-batch."""
     model.eval()
     out = np.zeros(batch.input_ids.shape, dtype=np.float32)
     for rows in micro_batches:
@@ -70,15 +74,18 @@ def batch_logprobs(model: Any, batch: TrainBatch, micro_batches: Sequence[np.nda
             _idle_pass(model, device, backward=False)
             continue
         t = _tensors(batch, rows, device)
-        logprobs, _ = forward(model, t["input_ids"], t["attention_mask"], chunk_tokens=chunk_tokens)
+        logprobs, _ = forward(model, t["input_ids"], t["attention_mask"], chunk_tokens=chunk_tokens,
+                              temperature=temperature)
         out[rows, :logprobs.shape[1]] = (logprobs * t["attention_mask"]).float().cpu().numpy()
     return out
 
 
 def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: TrainBatch, micro_batches: Sequence[np.ndarray],
                *, normalizer: float, scale: float, algo: AlgorithmConfig, grad_clip: float,
-               device: torch.device, chunk_tokens: int = 0) -> dict[str, float]:
-    """One optimizer step: accumulate the token-mean loss over micro-batches, clip, step.
+               device: torch.device, chunk_tokens: int = 0, temperature: float = 1.0) -> dict[str, float]:
+    """One optimizer step: accumulate the token-mean loss over micro-batches, clip, step. Log-probs are those of
+    the rollout's sampling distribution (`temperature`): at 1 on samples drawn at 0.7, the policy gradient
+    pushes toward a distribution the samples did not come from, and a tiny policy's entropy blew up.
 
     `normalizer` is `loss_normalizer` of the whole step (all ranks); `scale` undoes
     the mean that data-parallel gradient reduction takes over ranks (the world size).
@@ -95,7 +102,8 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: TrainBatch, 
             continue
         t = _tensors(batch, rows, device)
         logprobs, entropy = forward(model, t["input_ids"], t["attention_mask"], with_entropy=True,
-                                    chunk_tokens=chunk_tokens, entropy_grad=algo.entropy_coef != 0)
+                                    chunk_tokens=chunk_tokens, entropy_grad=algo.entropy_coef != 0,
+                                    temperature=temperature)
         old = t.get("old_logprobs", logprobs.detach())
         out = policy_loss(logprobs=logprobs, old_logprobs=old, advantages=t["advantages"], loss_mask=t["loss_mask"],
                           clip_eps=low, clip_eps_high=high, normalizer=normalizer,

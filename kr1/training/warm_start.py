@@ -7,8 +7,10 @@ passages, and answers:
     <information>Doc 1 (Title: X) ...</information>                    (loss mask 0)
     <think>X was born in Tavrin.</think><answer>Tavrin</answer><eos>      (quotes the evidence)
 
-Only single-hop questions are used, so the warm start knows the protocol but not the
-multi-hop strategy (search the bridge entity, then search again) that RL must find.
+With a share of multi-hop demonstrations (`multihop_trajectory`, on training-region
+questions), the warm start sometimes decomposes a question, as an instruct model does, and
+RL sharpens what it can sometimes do; with none, it knows the protocol but not the multi-hop
+strategy (search the bridge entity, then search again) that RL must find.
 """
 
 from __future__ import annotations
@@ -67,13 +69,40 @@ def gold_trajectory(tokenizer: Any, question: QARecord, hits: Sequence[Hit], max
     return MaskedSequence(ids, mask)
 
 
+def multihop_trajectory(tokenizer: Any, question: QARecord, hops: Sequence[Sequence[Hit]], max_passage_chars: int,
+                        template: str = "search_r1") -> MaskedSequence:
+    """A multi-hop demonstration: search each supporting title in turn, quote from each passage the sentence
+    that names the next title (the last one: the sentence that states the answer), answer.
+
+        <prompt> <think>I need to look up F.</think><search>F</search> <information>...</information>
+        <think>F is a 1931 drama film directed by D. I need to look up D.</think><search>D</search>
+        <information>...</information> <think>D was born in Tavrin.</think><answer>Tavrin</answer><eos>
+
+    `hops[i]` are the passages the search for `question.supporting_titles[i]` returned. The next name is copied
+    from the passage just read, as an instruct model does when it decomposes a question."""
+    titles, gold = question.supporting_titles, question.golden_answers[0]
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    parts = [(prompt_token_ids(tokenizer, question.problem, template), 0),
+             (encode(f"<think>I need to look up {titles[0]}.</think><search>{titles[0]}</search>"), 1)]
+    for i, hits in enumerate(hops):
+        parts.append((encode(format_information([(h.title, h.text) for h in hits], max_passage_chars)), 0))
+        last = i + 1 == len(hops)
+        said = evidence_sentence(hits, titles[i], gold if last else titles[i + 1])
+        step = f"<think>{said}</think><answer>{gold}</answer>" if last else \
+            f"<think>{said} I need to look up {titles[i + 1]}.</think><search>{titles[i + 1]}</search>"
+        parts.append((encode(step) + ([tokenizer.eos_token_id] if last else []), 1))
+    ids = [t for part, _ in parts for t in part]
+    mask = [m for part, m in parts for _ in part]
+    return MaskedSequence(ids, mask)
+
+
 def evidence_sentence(hits: Sequence[Hit], entity: str, answer: str) -> str:
     """The sentence of the entity's passage that states the answer (quoted before answering)."""
     for hit in hits:
         if hit.title == entity:
-            for sentence in re.split(r"(?<=\.) ", hit.text):
-                if answer in sentence:
-                    return sentence
+            sentences = re.split(r"(?<=\.) ", hit.text)
+            # the sentence naming the answer; else the first, which states what the entity is (a year, a birth)
+            return next((s for s in sentences if answer in s), sentences[0])
     return "The passage says it."
 
 
@@ -98,9 +127,25 @@ def pad_batch(sequences: Sequence[MaskedSequence], pad_id: int) -> tuple[torch.T
     return ids, attention, mask
 
 
+def length_bucketed_batches(sequences: Sequence[MaskedSequence], batch_size: int, rng: random.Random,
+                            pool: int = 8) -> list[list[MaskedSequence]]:
+    """One epoch of batches whose sequences have similar lengths: shuffled, sorted by length within pools of
+    `pool` batches, cut, and the batches shuffled. Padding to a random batch's longest sequence (a multi-hop
+    demonstration is twice a single-hop one) wasted about half the warm start's compute."""
+    order = list(sequences)
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), batch_size * pool):
+        chunk = sorted(order[start:start + batch_size * pool], key=lambda s: len(s.ids))
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def train_sft(model: Any, sequences: Sequence[MaskedSequence], steps: int, pad_id: int, lr: float = 3e-3,
               batch_size: int = 16, seed: int = 0, progress: Any = None) -> list[float]:
-    """AdamW with linear warm-up and decay on random batches; returns the loss per step."""
+    """AdamW with linear warm-up and decay on length-bucketed batches (epochs of the shuffled sequences);
+    returns the loss per step."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -108,9 +153,12 @@ def train_sft(model: Any, sequences: Sequence[MaskedSequence], steps: int, pad_i
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.05, (steps - s) / max(1, steps - warmup))))
     model.train()
-    losses = []
+    losses: list[float] = []
+    batches: list[list[MaskedSequence]] = []
     for _ in range(steps):
-        ids, attention, mask = pad_batch(rng.sample(list(sequences), min(batch_size, len(sequences))), pad_id)
+        if not batches:
+            batches = length_bucketed_batches(sequences, batch_size, rng)
+        ids, attention, mask = pad_batch(batches.pop(), pad_id)
         loss = masked_lm_loss(model, ids, attention, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

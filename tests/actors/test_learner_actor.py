@@ -62,7 +62,8 @@ def test_learner_actor_matches_the_pure_function(tiny_model, rollout_batch, two_
     local = train_step(model, optimizer, rollout_batch,
                        TokenBudgetBatcher(cfg.learner.token_budget).split(rollout_batch.lengths),
                        normalizer=float(rollout_batch.num_loss_tokens), scale=1.0, algo=cfg.algorithm,
-                       grad_clip=cfg.learner.grad_clip, device=torch.device("cpu"))
+                       grad_clip=cfg.learner.grad_clip, device=torch.device("cpu"),
+                       temperature=cfg.rollout.temperature)  # the actor scores at the sampling temperature
     for name in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
         assert remote[name] == pytest.approx(local[name], rel=1e-5, abs=1e-7), name
     assert remote["kl"] > 0 and remote["loss"] != 0

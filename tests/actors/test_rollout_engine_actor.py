@@ -102,7 +102,9 @@ def test_hf_and_vllm_give_the_same_greedy_episodes_of_a_checkpoint(policy, vllm_
 def updated_learner(ray_session, tiny_model, rollout_batch):
     """The learner group (two ranks) after one large step (lr 1e-2): old engine weights now disagree clearly.
     It ships its weights in 1 MiB buckets: several for the tiny model."""
-    cfg = load_config("default", ["learner.lr=1e-2", "learner.token_budget=100000", "reference.placement=separate",
+    # rollout.temperature=1: the learner then scores what an engine's prompt log-probs score, softmax(logits)
+    cfg = load_config("default", ["rollout.temperature=1.0", "learner.lr=1e-2", "learner.token_budget=100000",
+                                  "reference.placement=separate",
                                   "learner.sync_bucket_mb=1"])
     group = LearnerGroup(cfg, str(tiny_model))
     group.update(rollout_batch)
@@ -132,7 +134,8 @@ def test_object_store_sync_makes_engine_and_learner_agree(request, tiny_model, r
 
 def test_a_bf16_model_syncs_in_bf16_half_the_bytes(ray_session, tiny_model, rollout_batch, retriever_pool):
     """FSDP2 keeps fp32 master weights; an engine serving bf16 gets bf16, in buckets: half of fp32's bytes."""
-    cfg = load_config("default", ["model.dtype=bfloat16", "learner.num_workers=1", "learner.lr=1e-2",
+    cfg = load_config("default", ["model.dtype=bfloat16", "rollout.temperature=1.0", "learner.num_workers=1",
+                                  "learner.lr=1e-2",
                                   "reference.placement=none", "learner.sync_bucket_mb=1"])
     group = LearnerGroup(cfg, str(tiny_model))
     engines = RolloutEnginePool(cfg, str(tiny_model), retriever_pool, num_cpus=0.5)

@@ -9,22 +9,45 @@ import pytest
 from kr1.eval import main
 
 
-def test_eval_prints_the_table_and_writes_trajectories(ray_session, tmp_path, untrained_model, capsys):
+def test_eval_prints_the_table_and_writes_trajectories_and_the_closed_book_row(ray_session, tmp_path,
+                                                                              tiny_model, capsys):
+    """`--index-decoy`: the same questions again, every search answered from another seed's world (the
+    closed-book row): its passages are none of this world's, so no supporting passage is ever read."""
+    from kr1.data import load_corpus
+
     out = tmp_path / "trajectories.jsonl"
-    main(["--config", "default", "--limit", "12", "--out", str(out), f"data.cache_dir={tmp_path / 'cache'}",
-          "data.synthetic_people=40", "retriever.num_shards=2", "retriever.num_cpus_per_shard=0.5",
-          f"model.path={untrained_model}", "data.split=dev", "rollout.max_new_tokens_per_turn=32"])
+    main(["--config", "default", "--limit", "12", "--out", str(out), "--index-decoy",
+          f"data.cache_dir={tmp_path / 'cache'}", "data.synthetic_people=40", "retriever.num_shards=2",
+          "retriever.num_cpus_per_shard=0.5", f"model.path={tiny_model}", "data.split=dev"])
     printed = capsys.readouterr()
-    header, rule, row = printed.out.strip().splitlines()
-    assert header.split("|")[2:-1] == [" EM ", " F1 ", " turns ", " searches ", " resp. tokens ", " invalid % ",
-                                       " answered % ", " EM comp. ", " EM infer. ", " EM compar. ", " EM bridge "]
+    header, rule, row, decoy_row, *per_type = printed.out.strip().splitlines()
+    columns = header.split("|")[2:-1]
+    assert columns[:8] == [" EM ", " F1 ", " turns ", " searches ", " resp. tokens ", " invalid % ", " answered % ",
+                           " evidence % "]
+    types = [r.split("|")[1].strip() for r in per_type[2:]]  # the types among the 12 questions, one row each
+    assert len(columns[8:]) == len(types) and all(c.startswith(" EM ") for c in columns[8:])
+    assert decoy_row.startswith("| tiny (decoy index) |")
     values = [float(v) for v in row.split("|")[2:-1]]
     assert 0 <= values[0] <= values[1] <= 100 and values[2] >= 1 and values[4] > 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 12
     assert {"question", "golden_answers", "answer", "em", "f1", "queries", "retrieved_ids", "response"} <= set(rows[0])
     assert sum(r["em"] for r in rows) / 12 * 100 == pytest.approx(values[0])
-    assert len(list((tmp_path / "cache").glob("world*-seed0-people40/dev.jsonl"))) == 1
+    [world] = [d for d in (tmp_path / "cache").glob("world*-seed0-people40") if "-beside-" not in d.name]
+    [other] = [d for d in (tmp_path / "cache").glob("world*-seed1000-people40-beside-*")
+               if (d / "corpus.jsonl").is_file()]  # the world, not its index
+    decoy = [json.loads(line) for line in (tmp_path / "trajectories_decoy.jsonl").read_text().splitlines()]
+    read = {t for r in decoy for titles in r["retrieved_titles"] for t in titles}
+    assert read and read <= {p.title for p in load_corpus(other / "corpus.jsonl")}
+    # the other world names none of this world's people, films or organisations (places are shared values)
+    entities = {p.title for p in load_corpus(world / "corpus.jsonl")
+                if not p.text.startswith((f"{p.title} is a city", f"{p.title} is a country"))}
+    assert entities and not entities & {p.title for p in load_corpus(other / "corpus.jsonl")}
+    assert float(decoy_row.split("|")[9]) == 0.0  # evidence %: nothing this world's questions need
+    assert per_type[0].startswith("| type | n | EM | closed-book EM | guessing floor |")
+    assert types == sorted(types) and len(types) >= 2
+    assert set(types) <= {"bridge_comparison", "comparison", "compositional", "inference"}
+    assert all(r.split("|")[5].strip() == ("50" if "comparison" in r else "-") for r in per_type[2:])
     assert "trajectories in" in printed.err
 
 

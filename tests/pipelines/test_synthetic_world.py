@@ -8,7 +8,7 @@ import re
 import pytest
 
 from kr1.data import load_corpus, load_questions
-from pipelines.synthetic_world import generate, main
+from pipelines.synthetic_world import HELD_OUT_PER_TYPE, generate, main
 
 MULTI_HOP = {"compositional", "comparison", "inference", "bridge_comparison"}
 
@@ -66,6 +66,51 @@ def test_every_multi_hop_question_is_answerable_and_needs_its_passages(world_dir
                 assert director_a.title not in q.problem and director_b.title not in q.problem
 
 
+def _shared_titles(world_dir) -> set[str]:
+    """Cities and countries: shared values that every region's passages may name."""
+    return {p.title for p in load_corpus(world_dir / "corpus.jsonl")
+            if p.text.startswith((f"{p.title} is a city in ", f"{p.title} is a country."))}
+
+
+def _entities(questions, names: set[str]) -> set[str]:
+    """The people, films and organisations a file's questions name: in the question, the answer or the
+    supporting titles."""
+    found = set()
+    for q in questions:
+        text = " ".join([q.problem, *q.golden_answers, *q.supporting_titles])
+        found |= {name for name in names if name in text}
+    return found
+
+
+def test_dev_and_test_questions_ask_about_entities_no_training_question_or_warm_start_example_names(world_dir):
+    """Split by entity: a held-out question's people, films and organisations (and, for the entities it names,
+    their facts) are in no training question and no warm-start example; cities and countries may recur."""
+    shared = _shared_titles(world_dir)
+    names = {p.title for p in load_corpus(world_dir / "corpus.jsonl")} - shared
+    seen = _entities(load_questions(world_dir / "train.jsonl") + load_questions(world_dir / "single_hop.jsonl"),
+                     names)
+    assert len(seen) > 100
+    for split in ("dev", "test", "single_hop_test"):
+        questions = load_questions(world_dir / f"{split}.jsonl")
+        named = _entities(questions, names)
+        assert len(named) > 20, split
+        assert not named & seen, (split, sorted(named & seen)[:5])
+    dev, test = (_entities(load_questions(world_dir / f"{s}.jsonl"), names) for s in ("dev", "test"))
+    assert not dev & test
+    # shared values do recur: a held-out person is born in a city that training questions also name
+    cities = {q.golden_answers[0] for q in load_questions(world_dir / "dev.jsonl")} & shared
+    assert cities & {q.golden_answers[0] for q in load_questions(world_dir / "train.jsonl")}
+
+
+def test_held_out_splits_measure_every_type_on_a_similar_count(world_dir):
+    from collections import Counter
+
+    for split in ("dev", "test"):
+        counts = Counter(q.type for q in load_questions(world_dir / f"{split}.jsonl"))
+        assert set(counts) == MULTI_HOP and max(counts.values()) <= HELD_OUT_PER_TYPE, (split, counts)
+        assert min(counts.values()) >= 0.3 * max(counts.values()), (split, counts)
+
+
 def test_names_are_invented_and_unique(world_dir):
     titles = [p.title for p in load_corpus(world_dir / "corpus.jsonl")]
     assert len(titles) == len(set(titles))
@@ -75,7 +120,7 @@ def test_names_are_invented_and_unique(world_dir):
 
 def test_single_hop_questions_are_answered_by_one_passage(world_dir):
     by_title = _passages_by_title(world_dir)
-    for q in load_questions(world_dir / "single_hop.jsonl"):
+    for q in load_questions(world_dir / "single_hop.jsonl") + load_questions(world_dir / "single_hop_test.jsonl"):
         entity, evidence = q.supporting_titles[0], q.supporting_titles[-1]
         assert entity in q.problem
         assert q.golden_answers[0] in by_title[evidence].text and entity in by_title[evidence].text

@@ -74,3 +74,16 @@ def test_evidence_is_the_share_of_supporting_passages_read_each_counted_once():
     assert math.isnan(scores.evidence[3])  # no supporting titles: no reward, and left out of the recall metric
     plain = score_episodes([both], golds, {"em": 1.0}, supporting)  # weight 0: recall measured, never rewarded
     assert plain.rewards[0] == 0.0 and plain.evidence[0] == 1.0
+
+
+def test_answered_evidence_pays_only_episodes_that_answer():
+    """Searching until the turns run out reads the passages but earns nothing under the answered variant."""
+    supporting = {"q": ["Arlen Voss", "The Amber Lantern"]}
+    answered = _searched("q", ["The Amber Lantern"], ["Arlen Voss"])
+    unanswered = _searched("q", ["The Amber Lantern"], ["Arlen Voss"], answer=None)
+    golds = {"q": ["y"]}
+    gated = score_episodes([answered, unanswered], golds, {"em": 1.0, "answered_evidence": 0.5}, supporting)
+    np.testing.assert_allclose(gated.rewards, [0.5, 0.0])
+    np.testing.assert_allclose(gated.evidence, [1.0, 1.0])  # both read the passages: the metric says so
+    plain = score_episodes([answered, unanswered], golds, {"em": 1.0, "evidence": 0.5}, supporting)
+    np.testing.assert_allclose(plain.rewards, [0.5, 0.5])

@@ -116,12 +116,12 @@ def test_a_driver_killed_between_checkpoints_resumes_with_each_step_once(killed_
         real_init(self, *args, **kwargs)
         runs.append(self)
 
-    def rollout_refs_then_kill(self, questions, n_samples, greedy=False, seed=None):
+    def rollout_refs_then_kill(self, questions, n_samples, greedy=False, seed=None, retriever=None):
         if greedy or faults:  # only the first training rollout after the resume: step 3
-            return real_refs(self, questions, n_samples, greedy, seed)
+            return real_refs(self, questions, n_samples, greedy, seed, retriever)
         engine, shard = self.engines[0], runs[0].retriever.shards[1]
         pids = actor_process.pid(engine), actor_process.pid(shard)
-        refs = real_refs(self, questions, n_samples, greedy, seed)
+        refs = real_refs(self, questions, n_samples, greedy, seed, retriever)
         ray.kill(engine, no_restart=False)  # the engine dies while it plays the step's episodes...
         ray.kill(shard, no_restart=False)  # ...and so does a retriever shard it searches
         faults.extend([("engine", pids[0], actor_process.restarted(engine, pids[0])),

@@ -8,7 +8,9 @@ go up, the greedy reward on those same questions too.
 Measured over seeds 0-2 under torch's default, AVX2 and AVX-512 kernels (2026-11-29; each kernel path
 takes its own trajectory from the first update on): reward (mean of the first and of the last 4 steps)
 +0.25 to +0.39, evidence recall +16 to +35 points, greedy reward +0.08 to +0.50; searches per episode
-moved -0.25 to +0.62, a spread wider than the effect, so they are not asserted here.
+moved -0.25 to +0.62, a spread wider than the effect, so they are not asserted here. That spread was
+measured on world version 2; on the held-out world (version 3, 2026-11-30) the test passes on AVX-512,
+and its spread over seeds and the other kernel paths is still to be measured again.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def test_grpo_with_the_evidence_reward_raises_reward_and_evidence(ray_session, w
                  "model.path": tiny_model, "trainer.output_dir": out, "trainer.total_steps": 16,
                  "trainer.prompts_per_step": 6, "rollout.n_samples": 8, "rollout.temperature": 1.0,
                  "trainer.eval_every": 16, "trainer.eval_prompts": 6, "trainer.checkpoint_every": 0, "learner.lr": 1e-3,
-                 "reward.em_weight": 1.0, "reward.evidence_weight": 1.0, "algorithm.kl_coef": 0.0,
-                 "algorithm.clip_eps_high": 0.28}
+                 "reward.em_weight": 1.0, "reward.evidence_weight": 1.0, "reward.answered_evidence_weight": 0.0,
+                 "algorithm.kl_coef": 0.0, "algorithm.clip_eps_high": 0.28, "trainer.eval_closed_book": False}
     history = train(load_config("default", [f"{k}={v}" for k, v in overrides.items()]), quiet=True)
     mean = lambda key, steps: sum(h[key] for h in steps) / len(steps)  # noqa: E731
     first, last = history[:4], history[-4:]

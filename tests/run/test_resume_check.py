@@ -26,7 +26,7 @@ def test_legs_may_change_length_cadence_and_cluster_sizes(tmp_path):
                                   "cluster.num_cpus=16", "rollout.backend=vllm", "retriever.num_shards=4"])
     notes = check_resume(cfg, ckpt, INPUTS)
     assert len(notes) == 1 and "changed between legs:" in notes[0]
-    for change in ("trainer.total_steps 200 -> 500", "learner.num_workers 2 -> 4", "cluster.num_cpus None -> 16",
+    for change in ("trainer.total_steps 100 -> 500", "learner.num_workers 2 -> 4", "cluster.num_cpus None -> 16",
                    "rollout.backend 'hf' -> 'vllm'", "retriever.num_shards 2 -> 4"):
         assert change in notes[0], change
     assert check_resume(load_config("default"), ckpt, INPUTS) == []

@@ -36,6 +36,8 @@ def test_three_steps_write_events_checkpoints_and_a_loadable_policy(trained_run)
                  "time/rollout", "time/update", "time/sync_weights", "throughput/rollout_tokens_per_s", "eval/em"):
         assert name in scalars, name
     assert [e.step for e in events.Scalars("reward/mean")] == [1, 2, 3]
+    for name in ("closed_book/em", "eval/em_inference", "rollout/searches_inference", "eval/evidence_recall"):
+        assert name in scalars, name  # the closed-book column and the per-type curves
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints == ["step_000002", "step_000003"]
     policy = out / "checkpoints" / "step_000003" / "policy"
@@ -54,6 +56,8 @@ def test_resume_equals_an_uninterrupted_run(trained_run, trained_run_overrides, 
     resumed = trained_run_overrides(split, **{"trainer.resume": True, "trainer.checkpoint_every": 1})
     train(load_config("default", resumed), quiet=True)
     said = capsys.readouterr().err
+    figure = (split / "curves.png").read_bytes()  # each leg draws the run's curves again, all steps so far
+    assert figure.startswith(b"\x89PNG") and len(figure) > 20_000  # six panels drawn, not an empty canvas
     assert "changed between legs: trainer.checkpoint_every 2 -> 1, trainer.total_steps 2 -> 3" in said, said
     a, b = _metrics(whole), _metrics(split)
     assert [r["step"] for r in b] == [r["step"] for r in a] == [0, 1, 2, 3]  # step 0: the start-of-run eval

@@ -56,6 +56,22 @@ def test_chunked_logprobs_and_entropy_equal_the_full_logits(tie, chunk):
     assert model.lm_head.forward.__func__ is torch.nn.Linear.forward  # the head is itself again
 
 
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_log_probs_are_those_of_the_sampling_temperature(chunk):
+    """The learner scores log p of softmax(logits / T), the distribution the rollout sampled from."""
+    model, batch = _model(tie=True), _batch()
+    ids, mask = torch.as_tensor(batch.input_ids), torch.as_tensor(batch.attention_mask.astype(np.int64))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    expected = torch.log_softmax(logits[:, :-1] / 0.7, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    sharp = torch.log_softmax(logits[:, :-1] / 0.7, -1)
+    lp, ent = forward(model, ids, mask, with_entropy=True, chunk_tokens=chunk, temperature=0.7)
+    torch.testing.assert_close(lp[:, 1:], expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(ent[:, 1:], -(sharp.exp() * sharp).sum(-1), atol=1e-10, rtol=1e-10)
+    plain, _ = forward(model, ids, mask, chunk_tokens=chunk)
+    assert (plain - lp).abs().max() > 0.01  # temperature 1 is another distribution
+
+
 def test_a_chunked_train_step_makes_the_same_update():
     cfg = load_config("default", ["algorithm.kl_coef=0.01", "algorithm.entropy_coef=0.01"])
     batch, results = _batch(), []
