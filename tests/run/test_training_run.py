@@ -36,8 +36,10 @@ def test_three_steps_write_events_checkpoints_and_a_loadable_policy(trained_run)
                  "time/rollout", "time/update", "time/sync_weights", "throughput/rollout_tokens_per_s", "eval/em"):
         assert name in scalars, name
     assert [e.step for e in events.Scalars("reward/mean")] == [1, 2, 3]
-    for name in ("closed_book/em", "eval/em_inference", "rollout/searches_inference", "eval/evidence_recall"):
-        assert name in scalars, name  # the closed-book column and the per-type curves
+    for name in ("closed_book/em", "eval/evidence_recall"):
+        assert name in scalars, name  # the closed-book column
+    # a curve per question type the step sampled (dynamic sampling's extra prompts differ by kernel path)
+    assert any(n.startswith("rollout/searches_") for n in scalars) and any(n.startswith("eval/em_") for n in scalars)
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints == ["step_000002", "step_000003"]
     policy = out / "checkpoints" / "step_000003" / "policy"
