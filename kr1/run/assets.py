@@ -111,10 +111,7 @@ def _bootstrapped_model(cfg: Config, world: Path, index: Path, progress: bool) -
         if m.bootstrap_practice_people:  # a world of its own seed: no entity of the run's world is in it
             sft_world = synthetic_world(world.parent, cfg.data.synthetic_seed + PRACTICE_SEED_OFFSET,
                                         m.bootstrap_practice_people, progress, avoid=world)
-            sft_index = world.parent / f"{sft_world.name}-index{cfg.retriever.num_shards}"
-            if not (sft_index / MANIFEST).is_file():
-                build_index(sft_world / "corpus.jsonl", sft_index, cfg.retriever.num_shards, cfg.retriever.k1,
-                            cfg.retriever.b, progress=False)
+            sft_index = _world_index(cfg, sft_world, progress, "the practice world's index")
         if progress:
             _note(f"bootstrapping the {m.bootstrap_size} model in {out}")
         bootstrap(world, out, cfg.trainer.seed, m.bootstrap_size, index=sft_index, sft_steps=m.bootstrap_sft_steps,
@@ -135,13 +132,18 @@ def _decoy_index(cfg: Config, progress: bool) -> Path | None:
         return None
     own = synthetic_world(expand_path(d.cache_dir), d.synthetic_seed, d.synthetic_people, progress)
     world = synthetic_world(own.parent, d.synthetic_seed + DECOY_SEED_OFFSET, d.synthetic_people, progress, avoid=own)
-    out = world.parent / f"{world.name}-index{cfg.retriever.num_shards}"
-    if not (out / MANIFEST).is_file():
+    return _world_index(cfg, world, progress, "the decoy index (closed-book evaluation)")
+
+
+def _world_index(cfg: Config, world: Path, progress: bool, what: str) -> Path:
+    """The index beside a synthetic world (`<world>-index<shards>`), built on first use."""
+    index = world.parent / f"{world.name}-index{cfg.retriever.num_shards}"
+    if not (index / MANIFEST).is_file():
         if progress:
-            _note(f"building the decoy index (closed-book evaluation) in {out}")
-        build_index(world / "corpus.jsonl", out, cfg.retriever.num_shards, cfg.retriever.k1, cfg.retriever.b,
+            _note(f"building {what} in {index}")
+        build_index(world / "corpus.jsonl", index, cfg.retriever.num_shards, cfg.retriever.k1, cfg.retriever.b,
                     progress=False)
-    return out
+    return index
 
 
 def resolve_assets(cfg: Config, progress: bool = True, decoy: bool = False) -> Assets:
