@@ -15,6 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from kr1.config import Config, ConfigError, ModelConfig, expand_path
 from kr1.data import DataError, QARecord, load_question_files
@@ -79,7 +80,8 @@ def index_of_corpus(corpus: str | Path, out: str | Path, num_shards: int) -> Pat
     return out
 
 
-def _index(cfg: Config, corpus: Path | None, default_dir: Path | None, progress: bool) -> Path:
+def _index(cfg: Config, corpus: Callable[[], Path] | None, default_dir: Path | None, progress: bool) -> Path:
+    """retriever.index_dir (else `default_dir`), built from `corpus()` where it holds no index yet."""
     if cfg.retriever.index_dir:
         index = expand_path(cfg.retriever.index_dir)
     elif default_dir is not None:
@@ -91,7 +93,7 @@ def _index(cfg: Config, corpus: Path | None, default_dir: Path | None, progress:
             raise ConfigError(f"retriever.index_dir {index} holds no index and retriever.corpus_path is not set")
         if progress:
             _note(f"building the BM25 index ({cfg.retriever.num_shards} shards) in {index}")
-        build_index(corpus, index, cfg.retriever.num_shards, cfg.retriever.k1, cfg.retriever.b, progress=progress)
+        build_index(corpus(), index, cfg.retriever.num_shards, cfg.retriever.k1, cfg.retriever.b, progress=progress)
     return index
 
 
@@ -120,24 +122,27 @@ def _bootstrapped_model(cfg: Config, world: Path, index: Path, progress: bool) -
     return str(out)
 
 
-def _decoy_index(cfg: Config, progress: bool) -> Path | None:
-    """The closed-book column's index: retriever.decoy_index_dir, or for the synthetic world the index of
-    another seed's world (built on first use); None where there is neither."""
+def _decoy_index(cfg: Config, own_world: Callable[[], Path] | None, progress: bool) -> Path | None:
+    """The closed-book column's index: retriever.decoy_index_dir, or for the synthetic world (`own_world`) the
+    index of another seed's world (built on first use); None where there is neither."""
     if cfg.retriever.decoy_index_dir:
         index = expand_path(cfg.retriever.decoy_index_dir)
         check_index(index)
         return index
-    d = cfg.data
-    if d.name != "synthetic" or cfg.retriever.corpus_path:
+    if own_world is None or cfg.retriever.corpus_path:
         return None
-    own = synthetic_world(expand_path(d.cache_dir), d.synthetic_seed, d.synthetic_people, progress)
+    own, d = own_world(), cfg.data
     world = synthetic_world(own.parent, d.synthetic_seed + DECOY_SEED_OFFSET, d.synthetic_people, progress, avoid=own)
     return _world_index(cfg, world, progress, "the decoy index (closed-book evaluation)")
 
 
+def _world_index_dir(cfg: Config, world: Path) -> Path:
+    return world.parent / f"{world.name}-index{cfg.retriever.num_shards}"
+
+
 def _world_index(cfg: Config, world: Path, progress: bool, what: str) -> Path:
-    """The index beside a synthetic world (`<world>-index<shards>`), built on first use."""
-    index = world.parent / f"{world.name}-index{cfg.retriever.num_shards}"
+    """The index beside a synthetic world, built on first use."""
+    index = _world_index_dir(cfg, world)
     if not (index / MANIFEST).is_file():
         if progress:
             _note(f"building {what} in {index}")
@@ -152,17 +157,19 @@ def resolve_assets(cfg: Config, progress: bool = True, decoy: bool = False) -> A
     d = cfg.data
     explicit = {s: getattr(d, f"{s}_path") for s in ("train", "dev", "test")}
     explicit = {s: [p] if isinstance(p, str) else p for s, p in explicit.items()}  # one file or a mixture
+    own_world = None
     if d.name == "synthetic":
-        world = synthetic_world(expand_path(d.cache_dir), d.synthetic_seed, d.synthetic_people, progress)
-        paths = {s: [expand_path(x) for x in p] if p else [world / f"{s}.jsonl"] for s, p in explicit.items()}
-        corpus = expand_path(cfg.retriever.corpus_path) if cfg.retriever.corpus_path else world / "corpus.jsonl"
-        default_index = world.parent / f"{world.name}-index{cfg.retriever.num_shards}"
-        index = _index(cfg, corpus, default_index, progress)
-        model = cfg.model.path or _bootstrapped_model(cfg, world, index, progress)
+        def own_world() -> Path:  # generated only where something of it is used (not with every path given)
+            return synthetic_world(expand_path(d.cache_dir), d.synthetic_seed, d.synthetic_people, progress)
+        paths = {s: [expand_path(x) for x in p] if p else [own_world() / f"{s}.jsonl"] for s, p in explicit.items()}
+        corpus = expand_path(cfg.retriever.corpus_path) if cfg.retriever.corpus_path else None
+        index = _index(cfg, lambda: corpus or own_world() / "corpus.jsonl",
+                       None if cfg.retriever.index_dir else _world_index_dir(cfg, own_world()), progress)
+        model = cfg.model.path or _bootstrapped_model(cfg, own_world(), index, progress)
     else:
         paths = {s: [expand_path(x) for x in p] for s, p in explicit.items() if p}
         corpus = expand_path(cfg.retriever.corpus_path) if cfg.retriever.corpus_path else None
-        index = _index(cfg, corpus, None, progress)
+        index = _index(cfg, corpus and (lambda: corpus), None, progress)
         if not cfg.model.path:
             raise ConfigError("model.path is not set (a hub id such as Qwen/Qwen2.5-1.5B-Instruct, or a directory)")
         model = cfg.model.path
@@ -173,7 +180,7 @@ def resolve_assets(cfg: Config, progress: bool = True, decoy: bool = False) -> A
     check_index(index, cfg.retriever.num_shards)  # a mismatched index fails here, before any actor starts
     if cfg.model.path:
         model = resolve_model_path(cfg.model.path)
-    return Assets(paths, index, model, _decoy_index(cfg, progress) if decoy else None)
+    return Assets(paths, index, model, _decoy_index(cfg, own_world, progress) if decoy else None)
 
 
 def resolve_model_path(path: str) -> str:

@@ -73,6 +73,18 @@ def evaluate_groups(cfg: Config, groups: Mapping[str, Sequence[QARecord]], engin
     return out
 
 
+def evaluate_closed_book(cfg: Config, questions: Sequence[QARecord], engines: Any,
+                         decoy_index: str | Path) -> tuple[dict[str, float], list[dict]]:
+    """`evaluate` with every search answered from `decoy_index` (passages that cannot answer these questions):
+    EM when retrieval cannot help."""
+    # no CPU reserved: it serves only while the run's own retriever waits, and a full cluster would never place it
+    decoy = start_retriever(cfg.retriever, decoy_index, num_cpus_per_shard=0, any_shards=True)
+    try:
+        return evaluate(cfg, questions, engines, decoy)
+    finally:
+        decoy.close()
+
+
 @dataclass
 class ModelEvaluation:
     """One model on one split: its table row, every trajectory, and how long it took."""
@@ -98,20 +110,17 @@ def evaluate_model(cfg: Config, limit: int | None = None, decoy: str | None = No
     ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host)
     retriever = start_retriever(cfg.retriever, assets.index_dir)
     engines = start_engines(cfg, assets.model_path, retriever)
+    name = Path(assets.model_path).name
     results = []
     try:
-        for split, index in ((cfg.data.split, None), (f"{cfg.data.split} (decoy index)", assets.decoy_index_dir)):
-            if split != cfg.data.split and index is None:
-                continue
-            other = start_retriever(cfg.retriever, index, any_shards=True) if index is not None else None
-            try:
-                start = time.perf_counter()
-                metrics, rows = evaluate(cfg, questions, engines, other)
-                results.append(ModelEvaluation(Path(assets.model_path).name, split, metrics, rows,
-                                               time.perf_counter() - start))
-            finally:
-                if other is not None:
-                    other.close()
+        start = time.perf_counter()
+        metrics, rows = evaluate(cfg, questions, engines)
+        results.append(ModelEvaluation(name, cfg.data.split, metrics, rows, time.perf_counter() - start))
+        if assets.decoy_index_dir is not None:
+            start = time.perf_counter()
+            metrics, rows = evaluate_closed_book(cfg, questions, engines, assets.decoy_index_dir)
+            results.append(ModelEvaluation(name, f"{cfg.data.split} (decoy index)", metrics, rows,
+                                           time.perf_counter() - start))
     finally:
         engines.close()
         retriever.close()

@@ -28,7 +28,7 @@ from kr1.config import Config, expand_path, to_yaml
 from kr1.errors import writes_to
 from kr1.rollout.rewards import EpisodeScores, informative_groups
 from kr1.run.assets import resolve_assets
-from kr1.run.evaluation import evaluate
+from kr1.run.evaluation import evaluate, evaluate_closed_book
 from kr1.run.metrics import episode_metrics, metrics_table, search_metrics, type_metrics, type_table
 from kr1.run.placement import Placement, check_cluster_fits
 from kr1.run.pools import start_engines, start_retriever
@@ -170,12 +170,7 @@ class TrainingRun:
         none without a decoy index or with trainer.eval_closed_book off."""
         if self.assets.decoy_index_dir is None or not self.cfg.trainer.eval_closed_book:
             return {}
-        # no CPU reserved: it serves only while the run's own retriever waits, and a full cluster would never place it
-        decoy = start_retriever(self.cfg.retriever, self.assets.decoy_index_dir, num_cpus_per_shard=0, any_shards=True)
-        try:
-            metrics, _ = evaluate(self.cfg, self.dev, self.engines, decoy)
-        finally:
-            decoy.close()
+        metrics, _ = evaluate_closed_book(self.cfg, self.dev, self.engines, self.assets.decoy_index_dir)
         return {f"closed_book/{k}": v for k, v in metrics.items()}
 
     def evaluate_start(self) -> dict[str, float]:

@@ -8,10 +8,10 @@ go up, the greedy reward on those same questions too.
 Measured over seeds 0-2 under torch's default, AVX2 and AVX-512 kernels (2026-11-29; each kernel path
 takes its own trajectory from the first update on): reward (mean of the first and of the last 4 steps)
 +0.25 to +0.39, evidence recall +16 to +35 points, greedy reward +0.08 to +0.50; searches per episode
-moved -0.25 to +0.62, a spread wider than the effect, so they are not asserted here. That spread was
-measured on world version 2. On the held-out world (version 3, 2026-11-30, seed 0): AVX-512 reward +0.21,
-evidence +19; torch's default kernels reward +0.10, evidence +9.6 (AVX2 passes). The thresholds below sit at
-half the weakest of those; the spread over seeds is still to be measured on this world.
+moved -0.25 to +0.62, a spread wider than the effect, so they are not asserted here. That was world version 2.
+On the held-out world (version 3), seeds 0-2 under the same three kernel paths (2026-11-30): reward +0.10 to
++0.26, evidence recall +9.6 to +24.7 points, greedy reward +0.17 to +0.58; searches -0.13 to +0.38 (not
+asserted). The thresholds below sit at about half the weakest of those (torch's default kernels, seed 0).
 """
 
 from __future__ import annotations
