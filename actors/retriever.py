@@ -3,7 +3,7 @@
     pool = RetrieverPool(index_dir, num_shards=2, top_k=3)        # starts one actor per shard
     hits = pool.search(["who directed the amber lantern", ...])  # list (per query) of Hit
 
-A batch of queries is put in the object store once and sent to every shard; each
+A batch of queries, each distinct one once, is put in the object store and sent to every shard; each
 shard returns its top-k with passages and the pool merges them by score (ties by
 document index), which equals a single index's top-k. Shard actors restart when
 they die and their calls are retried, so a lost shard costs latency, not a rollout.
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import ray
 
 from kr1.cluster import actor_names, stop_actors
-from kr1.retrieval.hits import Hit, merge_hits
+from kr1.retrieval.hits import BatchHits, Hit, merge_hits, query_key
 
 
 class RetrieverShard:
@@ -57,6 +57,7 @@ class RetrieverPool:
         self.num_docs = manifest.num_docs
         self.top_k = top_k
         self.max_query_chars = max_query_chars
+        self.lowercase = bool(manifest.tokenizer.get("lower", True))
         actor = ray.remote(RetrieverShard)
         threads = max(1, int(num_cpus_per_shard))
         self.names = actor_names("retriever-shard", manifest.num_shards)  # as the Ray dashboard lists them
@@ -82,10 +83,15 @@ class RetrieverPool:
         return [s.search.remote(queries_ref, k or self.top_k, self.max_query_chars) for s in self.shards]
 
     def search(self, queries: Sequence[str], k: int | None = None) -> list[list[Hit]]:
-        """Top-k hits for each query, merged across shards."""
+        """Top-k hits for each query, merged across shards; a query repeated in the batch (samples of one prompt
+        often open with the same search) is searched once (`BatchHits.unique` counts those searched)."""
         if not queries:
-            return []
-        return merge_hits(ray.get(self.search_refs(queries, k)), k or self.top_k)
+            return BatchHits([], 0)
+        keys = [query_key(q, self.max_query_chars, self.lowercase) for q in queries]
+        distinct = list(dict.fromkeys(keys))
+        merged = merge_hits(ray.get(self.search_refs(distinct, k)), k or self.top_k)
+        found = dict(zip(distinct, merged))
+        return BatchHits([list(found[key]) for key in keys], len(distinct))
 
     def close(self) -> None:
         """Stop the shard actors (the pool is unusable afterwards)."""

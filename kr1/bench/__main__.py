@@ -2,6 +2,7 @@
 
     python -m kr1.bench                                  # full size (the goals below), ~2 min on 2 cores
     python -m kr1.bench --size tiny --only retrieval memory --out bench.md
+    python -m kr1.bench --only scale --scale-passages 1000000 2000000 4000000   # ~30 min, ~10 GiB of disk
 
 | benchmark | kr1 | baseline | goal |
 |---|---|---|---|
@@ -13,6 +14,7 @@
 | sync | object-store sync in bf16 | the same in fp32 | half the bytes |
 | step | share of a driver step per phase | - | weight sync < 5% of the step |
 | overlap | reward beside the reference | reward, then reference | - |
+| scale | chunked index build, pool at 1-4M passages | bm25s index() and retrieval | build <= 4 GiB a process; >= 0.8x |
 
 It starts a local Ray (or joins RAY_ADDRESS) and uses the embedded default's world,
 index and tiny model (`~/.cache/kr1`, built on first use) unless --world/--index/--model
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from kr1.bench.suite import BENCHMARKS, SIZES, run_benchmarks
+from kr1.bench.suite import BENCHMARKS, ON_REQUEST, SIZES, run_benchmarks
 from kr1.bench.table import Row, markdown_table
 from kr1.errors import run_cli
 
@@ -37,8 +39,12 @@ from kr1.errors import run_cli
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(prog="python -m kr1.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="tiny: a quick smoke run")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
-                        help=f"run only these ({', '.join(BENCHMARKS)})")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
+                        default=[b for b in BENCHMARKS if b not in ON_REQUEST],
+                        help=f"run only these ({', '.join(BENCHMARKS)}; {', '.join(ON_REQUEST)} only when named)")
+    parser.add_argument("--scale-passages", nargs="+", type=int, metavar="N",
+                        help="corpus sizes of the scale benchmark (default: 1000000 2000000 4000000; tiny: 5000 "
+                             "10000)")
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     parser.add_argument("--world", type=Path, help="question files (train/dev/test.jsonl) instead of the default's")
     parser.add_argument("--index", type=Path, help="index of the world (retriever.num_shards shards)")
@@ -49,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     args = parser.parse_args(argv)
     only = [b for b in BENCHMARKS if b in args.only]
     start = time.perf_counter()
-    rows = run_benchmarks(args.size, only, args.world, args.index, args.model, args.corpus, args.cache_dir)
+    rows = run_benchmarks(args.size, only, args.world, args.index, args.model, args.corpus, args.cache_dir,
+                          args.scale_passages or ())
     table = markdown_table(rows)
     footer = (f"\n\n`python -m kr1.bench --size {args.size}`, {time.strftime('%Y-%m-%d')}, "
               f"{os.cpu_count()} CPU cores, {time.perf_counter() - start:.0f} s wall")

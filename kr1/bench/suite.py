@@ -18,7 +18,9 @@ from kr1.config import load_config
 from kr1.data import load_questions
 from kr1.run.assets import resolve_assets, synthetic_world
 
-BENCHMARKS = ("rollout", "agent", "retrieval", "memory", "logits", "sync", "step", "overlap")
+BENCHMARKS = ("rollout", "agent", "retrieval", "memory", "logits", "sync", "step", "overlap", "scale")
+# run only when asked for (--only scale): corpora of millions of passages, about half an hour and 10 GiB of disk
+ON_REQUEST = ("scale",)
 LARGE_PEOPLE = 60000  # people in the full-size retrieval corpus: ~115k passages
 
 
@@ -39,13 +41,14 @@ class BenchSize:
     large_corpus: bool  # retrieval on the ~115k-passage corpus (else the world's own corpus)
     batching_every_backend: bool  # batching and agent-loop rows on every installed backend (else on hf only)
     step_modes: bool  # driver steps under each rollout.mode, timed (the agent benchmark)
+    scale_passages: tuple[int, ...] = (1_000_000, 2_000_000, 4_000_000)  # wiki-like corpus sizes (scale)
 
 
 SIZES = {
     "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, (2048, 4096), 1024, 3, (), True, True, True),
     "tiny": BenchSize(8, 200, 5, 1, 32, 16, 16, 1024, (256, 512), 128, 2,
                       ("trainer.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_turns=2"), False, False,
-                      False),
+                      False, (5_000, 10_000)),
 }
 
 
@@ -67,7 +70,7 @@ def _path_overrides(world: Path | None, index: Path | None, model: Path | None) 
 
 def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, index: Path | None = None,
                    model: Path | None = None, corpus: Path | None = None,
-                   cache_dir: Path = Path("~/.cache/kr1/bench")) -> list[Row]:
+                   cache_dir: Path = Path("~/.cache/kr1/bench"), scale_passages: Sequence[int] = ()) -> list[Row]:
     """Every selected benchmark's rows, in BENCHMARKS order."""
     s, cache_dir = SIZES[size], cache_dir.expanduser()
     overrides = _path_overrides(world, index, model) + list(s.config_overrides)
@@ -132,4 +135,9 @@ def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, in
             times = phase_times(overrides, s.steps, s.repeats + 2, progress)
             rows += (step_rows(times) if "step" in only else []) + (overlap_rows(times) if "overlap" in only else [])
             bar.update(("step" in only) + ("overlap" in only))
+        if "scale" in only:
+            from kr1.bench.scale import scale_rows
+
+            rows += scale_rows(scale_passages or s.scale_passages, cache_dir / "scale", progress=progress)
+            bar.update()
     return rows

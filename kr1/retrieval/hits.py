@@ -31,3 +31,19 @@ def merge_hits(per_shard: Sequence[Sequence[Sequence[Hit]]], k: int) -> list[lis
         pool.sort(key=lambda h: (-h.score, h.index))
         merged.append(pool[:k])
     return merged
+
+
+def query_key(query: object, max_chars: int, lower: bool) -> str:
+    """What the index sees of a query: cut to `max_chars`, whitespace collapsed, lowercased where the tokenizer
+    lowercases. Queries with equal keys get equal hits, so a batch searches each key once."""
+    text = " ".join(query[:max_chars].split()) if isinstance(query, str) else ""
+    return text.lower() if lower else text
+
+
+class BatchHits(list):
+    """The hits of each query of one batch (a list, in query order), and how many distinct queries were
+    searched for them (`unique`; the rest repeated one of those)."""
+
+    def __init__(self, hits: Sequence[list[Hit]], unique: int) -> None:
+        super().__init__(hits)
+        self.unique = unique

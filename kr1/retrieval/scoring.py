@@ -134,6 +134,8 @@ class ShardSearcher:
         if backend not in ("numba", "numpy"):
             raise ValueError(f"unknown retriever backend {backend!r} (numba or numpy)")
         self.model = bm25s.BM25.load(path, mmap=mmap, load_corpus=True, show_progress=False)
+        if isinstance(getattr(self.model.corpus, "mmindex", None), list):  # line offsets: 8 bytes each, not 36
+            self.model.corpus.mmindex = np.asarray(self.model.corpus.mmindex, dtype=np.int64)
         self.offset = manifest.shard_offsets[shard]
         expected = manifest.shard_offsets[shard + 1] - self.offset
         if self.model.scores["num_docs"] != expected:

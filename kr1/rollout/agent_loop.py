@@ -46,6 +46,7 @@ def segment_seed(seed: int, episode: int, turn: int) -> int:
 class SearchResult:
     hits: list[Hit]
     batch_size: int  # queries in the retriever batch that served this one
+    batch_unique: int  # distinct queries in it (the retriever searched each once)
     batch_seconds: float  # that batch's wall time
     latency: float  # seconds from asking to having the hits (waiting for the batch included)
 
@@ -100,9 +101,10 @@ class QueryBatcher:
                     future.set_exception(error)
             return
         end = time.perf_counter()
+        unique = getattr(results, "unique", len(batch))
         for (_, future, asked), hits in zip(batch, results):
             if not future.done():
-                future.set_result(SearchResult(list(hits), len(batch), end - start, end - asked))
+                future.set_result(SearchResult(list(hits), len(batch), unique, end - start, end - asked))
 
 
 async def play_episode(episode: Episode, index: int, generate: AsyncGenerateFn, batcher: QueryBatcher,
@@ -120,6 +122,7 @@ async def play_episode(episode: Episode, index: int, generate: AsyncGenerateFn, 
             episode.search_seconds += result.batch_seconds / result.batch_size
             episode.search_latencies.append(result.latency)
             episode.search_batch_sizes.append(result.batch_size)
+            episode.search_batch_unique.append(result.batch_unique)
             take_hits(episode, result.hits, tokenizer, settings)
     close_episode(episode, tokenizer, settings)
     return episode

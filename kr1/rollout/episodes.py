@@ -49,6 +49,7 @@ class Episode:
     # agent loop: per search, seconds from asking to reading the hits, and the size of the retriever batch
     search_latencies: list[float] = field(default_factory=list, compare=False)
     search_batch_sizes: list[int] = field(default_factory=list, compare=False)
+    search_batch_unique: list[int] = field(default_factory=list, compare=False)  # distinct queries in that batch
 
     @property
     def length(self) -> int:
@@ -165,10 +166,12 @@ def run_episodes(episodes: list[Episode], generate: GenerateFn, search: SearchFn
             start = time.perf_counter()
             results = search([query for _, query in searching])
             share = (time.perf_counter() - start) / len(searching)
+            unique = getattr(results, "unique", len(searching))
             for (episode, _), hits in zip(searching, results):
                 episode.search_seconds += share
                 episode.search_latencies.append(share * len(searching))
                 episode.search_batch_sizes.append(len(searching))
+                episode.search_batch_unique.append(unique)
                 take_hits(episode, hits, tokenizer, settings)
     for episode in episodes:
         close_episode(episode, tokenizer, settings)

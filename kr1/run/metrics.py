@@ -79,13 +79,18 @@ def type_metrics(episodes: Sequence[Any], types: Sequence[str | None], scores: E
 
 def search_metrics(episodes: Sequence[Any], rollout_seconds: float) -> dict[str, float]:
     """How queries reached the retriever during one rollout: queries per second of rollout wall time, the
-    retriever batch each query rode in (mean size), and each query's wait from asking to reading its
+    retriever batch each query rode in (mean size), the share of queries that repeated one in their batch
+    (searched once for all), and each query's wait from asking to reading its
     passages (p50, p95, in ms)."""
     latencies = np.array([x for e in episodes for x in e.search_latencies], dtype=np.float64)
     if not latencies.size:
         return {}
-    sizes = [x for e in episodes for x in e.search_batch_sizes]
+    sizes = np.array([x for e in episodes for x in e.search_batch_sizes], dtype=np.float64)
+    unique = np.array([x for e in episodes for x in e.search_batch_unique], dtype=np.float64)
+    # each query's batch searched `unique` of its `size` queries: the share the retriever did not search again
+    duplicate_rate = 1.0 - float(np.mean(unique / sizes)) if unique.size == sizes.size else 0.0
     return {"queries_per_s": latencies.size / max(rollout_seconds, 1e-9), "batch_size": float(np.mean(sizes)),
+            "duplicate_rate": duplicate_rate,
             "latency_p50_ms": 1000 * float(np.percentile(latencies, 50)),
             "latency_p95_ms": 1000 * float(np.percentile(latencies, 95))}
 

@@ -42,6 +42,21 @@ def test_empty_and_very_long_queries(index_factory, world_dir):
     assert results[6] == []
 
 
+def test_a_repeated_query_is_searched_once_and_answered_for_each(index_factory, retrieval_queries):
+    """Samples of one prompt often send the same first query: each distinct query (as the tokenizer sees it:
+    case and spacing aside) is searched once, and every copy gets its hits."""
+    pool = RetrieverPool(index_factory(2), top_k=K, num_cpus_per_shard=0.5)
+    first, second = retrieval_queries[0], retrieval_queries[1]
+    batch = [first, first, "  " + first.upper() + " ", second, first.replace(" ", "   ")]
+    try:
+        hits = pool.search(batch)
+        single = [pool.search([q]) for q in (first, second)]
+    finally:
+        pool.close()
+    assert hits.unique == 2 and [s.unique for s in single] == [1, 1]
+    assert _ranked(hits) == _ranked(single[0] * 3 + single[1] + single[0]) and hits[0]
+
+
 def test_pool_rejects_shard_count_mismatch(index_factory):
     with pytest.raises(BM25IndexError, match="index has 3 shards but retriever.num_shards=4"):
         RetrieverPool(index_factory(3), num_shards=4)

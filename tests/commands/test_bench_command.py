@@ -40,6 +40,24 @@ def test_tiny_bench_prints_every_row_with_a_numeric_ratio(ray_session, world_dir
     assert float(by_setting["agent loop vs plain batched generation, hf"]["ratio"]) > 0
 
 
+def test_the_scale_bench_builds_wiki_like_corpora_and_plans_wiki18(ray_session, world_dir, index_factory,
+                                                                    tiny_model, tmp_path):
+    """`--only scale` at two tiny sizes: build time and memory per size, the growth, bm25s's build beside ours,
+    the pool on 1, 2 and 4 shards with the single index's top-3, and the projection to wiki-18."""
+    rows = main(["--size", "tiny", "--only", "scale", "--world", str(world_dir), "--index", str(index_factory(2)),
+                 "--model", str(tiny_model), "--cache-dir", str(tmp_path / "cache")])
+    settings = [r.setting for r in rows]
+    assert settings[:4] == ["build, 5,000 passages, 2 shards", "build peak memory, 5,000 passages",
+                            "build, 10,000 passages, 2 shards", "build peak memory, 10,000 passages"]
+    assert "build peak memory growth, 5,000 -> 10,000 passages" in settings
+    assert "build throughput, 5,000 passages" in settings
+    pools = [r for r in rows if r.setting.startswith("pool, ")]
+    assert len(pools) == 3 and all("top-3 equal to the 1-shard index: yes" in r.notes for r in pools)
+    assert rows[-1].setting.startswith("projection to wiki-18") and "head node" in rows[-1].notes
+    assert all(math.isfinite(r.ratio) and r.ratio > 0 for r in rows)
+    assert all(r.met == "yes" for r in rows if r.setting.startswith("build peak memory,"))  # far below 4 GiB
+
+
 def test_the_gpu_check_prints_the_plan_anywhere_and_measures_only_on_cuda(capsys, monkeypatch):
     from kr1.bench.gpu import main as gpu_main
     from kr1.errors import run_cli

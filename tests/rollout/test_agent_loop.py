@@ -138,7 +138,7 @@ def test_retrieval_streams_while_other_episodes_generate(loop, generator, questi
 
     wall = max(e[2] for e in timeline.events) - min(e[1] for e in timeline.events)
     logged = search_metrics(episodes, rollout_seconds=wall)
-    assert 1 <= logged["batch_size"] <= 8 and logged["queries_per_s"] > 0
+    assert 1 <= logged["batch_size"] <= 8 and logged["queries_per_s"] > 0 and 0 <= logged["duplicate_rate"] < 1
     assert logged["latency_p95_ms"] >= logged["latency_p50_ms"] >= 300  # every search waited for its slow batch
     overlapping = [s for s in searches if any(g[1] < s[2] and s[1] < g[2] for g in generates)]
     assert overlapping, "no retriever batch ran while the model generated"
@@ -162,6 +162,8 @@ def test_query_batcher_flushes_by_size_and_by_time_and_passes_errors(loop, retri
     assert [r.batch_size for r in results] == [4] * 8 + [2] * 2
     assert all(r.hits == retriever_pool.search([f"film {i}"])[0] for i, r in enumerate(results))
     assert results[-1].latency >= 0.045
+    repeated = loop.run(ask(QueryBatcher(search, max_batch=4, flush_ms=50), ["film 1", "film 1", "Film  1", "film 2"]))
+    assert [r.batch_unique for r in repeated] == [2] * 4 and repeated[2].hits == repeated[0].hits
     sizes.clear()
     failed = loop.run(ask(QueryBatcher(search, max_batch=3, flush_ms=5), ["a", "boom", "b", "c"]))
     assert [type(r).__name__ for r in failed[:3]] == ["RuntimeError"] * 3 and str(failed[0]) == "retriever shard lost"
