@@ -24,6 +24,7 @@ import json
 import shutil
 from array import array
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -103,16 +104,22 @@ def tokenize_chunk(corpus: str | Path, chunk: CorpusChunk, spec: TokenizerSpec, 
     and is returned, not raised, so the driver can number it within the whole file."""
     out = Path(work_dir) / f"chunk_{chunk.index:06d}"
     out.mkdir(parents=True, exist_ok=True)
-    lookup: dict[str, int] = {}
-    token_ids = array("i")
+    lookup: dict[str, int] = {}  # the chunk's terms, numbered as first seen
+    parts: list[np.ndarray] = []  # each batch's token stream in those numbers
     lengths, hashes, offsets = array("i"), array("q"), array("q")
     lines, written = 0, 0
     batch: list[str] = []
 
     def flush() -> None:
-        for doc in spec.tokenize(batch):
-            lengths.append(len(doc))
-            token_ids.extend([lookup.setdefault(term, len(lookup)) for term in doc])
+        if not batch:
+            return
+        tokenized = spec.tokenize_ids(batch)
+        renumber = np.zeros(max(1, len(tokenized.vocab)), np.int32)
+        for term, i in tokenized.vocab.items():
+            renumber[i] = lookup.setdefault(term, len(lookup))
+        counts = [len(doc) for doc in tokenized.ids]
+        lengths.extend(counts)
+        parts.append(renumber[np.fromiter(chain.from_iterable(tokenized.ids), np.int64, count=sum(counts))])
         batch.clear()
 
     with open(out / "passages.jsonl", "w", encoding="utf-8") as store:
@@ -142,8 +149,8 @@ def tokenize_chunk(corpus: str | Path, chunk: CorpusChunk, spec: TokenizerSpec, 
     rank = np.empty(len(vocab), np.int64)
     rank[np.asarray(order, np.int64)] = np.arange(len(vocab))
     lookup.clear()
-    ids = rank[np.frombuffer(token_ids, np.int32)] if len(token_ids) else np.zeros(0, np.int64)
-    del token_ids[:]
+    ids = rank[np.concatenate(parts)] if parts else np.zeros(0, np.int64)
+    parts.clear()
     doc_lengths = np.frombuffer(lengths, np.int32).copy()
     num_docs = len(doc_lengths)
     doc_of_token = np.repeat(np.arange(num_docs, dtype=np.int64), doc_lengths)

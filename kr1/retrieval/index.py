@@ -41,13 +41,21 @@ class TokenizerSpec:
     token_pattern: str = r"(?u)\b\w\w+\b"
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
+        return self._tokenize(texts, return_ids=False)
+
+    def tokenize_ids(self, texts: Sequence[str]) -> Any:
+        """bm25s's Tokenized: per text its term ids, and the {term: id} of the terms these texts hold (cheaper
+        than strings for a corpus: no term is rebuilt per occurrence)."""
+        return self._tokenize(texts, return_ids=True)
+
+    def _tokenize(self, texts: Sequence[str], return_ids: bool) -> Any:
         stemmer = None
         if self.stemmer:
             import Stemmer
 
             stemmer = Stemmer.Stemmer(self.stemmer)
         return bm25s.tokenize(list(texts), lower=self.lower, token_pattern=self.token_pattern,
-                              stopwords=self.stopwords, stemmer=stemmer, return_ids=False,
+                              stopwords=self.stopwords, stemmer=stemmer, return_ids=return_ids,
                               show_progress=False)
 
 
