@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import re
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from kr1.data import DataError, iter_corpus
 from kr1.errors import run_cli
 from kr1.retrieval.chunked_build import (PASS1_BYTES_PER_CORPUS_BYTE, WRITER_BYTES_PER_POSTING, ChunkRun,
                                          CorpusChunk, GlobalVocabulary, corpus_chunks, group_chunks, id_hash,
-                                         merge_vocabularies, tokenize_chunk, write_shard)
+                                         merge_vocabularies, peak_rss, tokenize_chunk, write_shard)
 from kr1.retrieval.index import IndexManifest, TokenizerSpec
 
 # what one build task may hold: fits an 8 GiB worker running two of them beside the Ray daemons
@@ -44,16 +43,6 @@ BUILD_RECORD = "build.json"
 # chunks per shard at least, so that shards of whole chunks hold near-equal numbers of passages
 CHUNKS_PER_SHARD = 4
 MIN_CHUNK_BYTES = 16 << 20
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes: VmHWM, which starts afresh at exec (ru_maxrss keeps the
-    forking parent's), else ru_maxrss."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # max_calls=1: each task in a fresh worker, so its memory is returned to the node and its peak is its own

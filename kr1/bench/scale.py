@@ -2,7 +2,7 @@
 
     rows = scale_rows([1_000_000, 2_000_000, 4_000_000], cache_dir)     # `python -m kr1.bench --only scale`
 
-Per size, a wiki-like corpus (`pipelines.wiki_like_corpus`, built once under the cache directory)
+Per size, a wiki-like corpus (`kr1.retrieval.wiki_like`, built once under the cache directory)
 is indexed into 2 shards by `python -m pipelines.build_index` in a child process: its wall time,
 the child's peak memory (the head node's share) and each build task's (its `build.json`), the
 index's bytes on disk per passage, and the resident memory of one loaded shard after a batch of
@@ -51,7 +51,7 @@ import json, sys, time
 import bm25s
 from kr1.data import iter_corpus
 from kr1.retrieval.index import TokenizerSpec
-from pipelines.build_index import peak_rss
+from kr1.retrieval.chunked_build import peak_rss
 start = time.perf_counter()
 texts = [p.contents for _, p in iter_corpus(sys.argv[1])]
 model = bm25s.BM25(method="lucene")
@@ -97,7 +97,7 @@ def scale_rows(sizes: Sequence[int], cache_dir: Path, queries: int = 2000,
                progress: Callable[[str], None] = lambda s: None) -> list[Row]:
     """The scale benchmark's rows for corpora of `sizes` passages (ascending)."""
     from kr1.retrieval.scoring import ShardSearcher
-    from pipelines.wiki_like_corpus import generate, wiki_like_queries
+    from kr1.retrieval.wiki_like import generate, wiki_like_queries
 
     sizes, cores = sorted(sizes), os.cpu_count() or 1
     cache_dir = Path(cache_dir)

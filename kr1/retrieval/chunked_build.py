@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import resource
 import shutil
 from array import array
 from dataclasses import dataclass
@@ -39,6 +40,16 @@ TOKENIZE_BATCH = 4096
 PASS1_BYTES_PER_CORPUS_BYTE = 16
 # peak bytes per posting in a writer's block (score, document, term, sort order and their copies)
 WRITER_BYTES_PER_POSTING = 128
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM, which starts afresh at exec (ru_maxrss keeps the
+    forking parent's), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @dataclass(frozen=True)
