@@ -240,7 +240,9 @@ def group_chunks(doc_counts: Sequence[int], num_shards: int) -> list[tuple[int, 
         raise ValueError(f"number of shards must be at least 1, got {num_shards}")
     if num_shards > total:
         raise ValueError(f"{num_shards} shards for {total} documents: use at most one shard per document")
-    nonempty = sum(1 for c in doc_counts if c)
+    # nonempty chunks from chunk i to the end, for i = 0 .. len(doc_counts)
+    nonempty_from = np.append(np.cumsum(np.asarray(doc_counts)[::-1] > 0)[::-1], 0)
+    nonempty = int(nonempty_from[0])
     if num_shards > nonempty:
         raise ValueError(f"{num_shards} shards for {nonempty} chunks of the corpus: use fewer shards or a smaller "
                          f"memory budget")
@@ -250,7 +252,7 @@ def group_chunks(doc_counts: Sequence[int], num_shards: int) -> list[tuple[int, 
         # the chunk edge nearest the ideal split, leaving at least one nonempty chunk for each shard after it
         target = int(np.argmin(np.abs(cumulative - total * s / num_shards)))
         later = [i for i in range(len(doc_counts) + 1)
-                 if sum(1 for c in doc_counts[i:] if c) >= num_shards - s and cumulative[i] > cumulative[edges[-1]]]
+                 if nonempty_from[i] >= num_shards - s and cumulative[i] > cumulative[edges[-1]]]
         edges.append(min(later, key=lambda i: (abs(i - target), i)))
     edges.append(len(doc_counts))
     return list(zip(edges, edges[1:]))
