@@ -76,7 +76,8 @@ def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, in
     overrides = _path_overrides(world, index, model) + list(s.config_overrides)
     cfg = load_config("default", overrides)
     ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus)
-    assets = resolve_assets(cfg, progress=False)
+    # the default's world and warm-started model (minutes to build on first use): only for benchmarks that run them
+    assets = resolve_assets(cfg, progress=False) if set(only) - {"scale", "logits"} else None
     rows: list[Row] = []
     with tqdm(total=len(only), desc="kr1.bench", unit="bench", file=sys.stderr) as bar:
         def progress(text: str) -> None:

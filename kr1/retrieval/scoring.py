@@ -24,6 +24,10 @@ import numpy as np
 from kr1.retrieval.hits import Hit, merge_hits
 from kr1.retrieval.index import BM25IndexError, IndexManifest, shard_dir
 
+# a dense scan wins only while the score buffer stays in a core's L2 cache (1 MiB of float32): at 115k
+# documents it is 1.4x faster than tracking touched documents, at 500k 3.3x slower, at 4M 2.9x slower
+DENSE_MAX_DOCS = 1 << 18
+
 
 @numba.njit(cache=True, nogil=True)
 def _top_k_dense(query: np.ndarray, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, k: int,
@@ -56,7 +60,7 @@ def _top_k_one(query: np.ndarray, data: np.ndarray, indices: np.ndarray, indptr:
     postings = 0
     for t in query:
         postings += indptr[t + 1] - indptr[t]
-    if postings * 8 > len(scores):
+    if len(scores) <= DENSE_MAX_DOCS and postings * 8 > len(scores):
         _top_k_dense(query, data, indices, indptr, k, scores, out_docs, out_scores)
         return
     n = 0
