@@ -219,6 +219,9 @@ class LearnerGroup:
             results = get_all([w.train_step.remote(p, m, normalizer)
                                for w, p, m in zip(self.workers, parts, micros)])
             for name in results[0]:
+                if name.endswith("_max"):  # a largest value: the largest over ranks and mini-batches
+                    metrics[name] = max(metrics.get(name, 0.0), *(r[name] for r in results))
+                    continue
                 # grad_norm is global already; the other values are per-rank shares of the step
                 value = results[0][name] if name == "grad_norm" else sum(r[name] for r in results)
                 metrics[name] = metrics.get(name, 0.0) + value / self.cfg.learner.mini_batches

@@ -20,6 +20,7 @@ whose version differs loads those weights before it generates.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import ray
@@ -59,6 +60,8 @@ class RolloutEngine:
         self.retriever = retriever
         self.asleep = False
         self.weights_version = 0  # 0: the model on disk; the pool counts syncs from 1
+        self.idle_since: float | None = None  # when the last call ended (None before the first)
+        self.idle_s = 0.0  # idle seconds before the weight loads since the last rollout
 
     def __repr__(self) -> str:  # Ray shows this in the dashboard and log prefixes
         return f"RolloutEngine({self.index}, {self.cfg.rollout.backend})"
@@ -78,6 +81,17 @@ class RolloutEngine:
                 seed: int | None = None, weights: Weights | None = None, retriever: Any = None) -> list[Episode]:
         """Play `n_samples` episodes per question to their end; `seed` fixes the sampling; `retriever` (another
         pool, e.g. a decoy index) answers this call's searches instead of the engine's own."""
+        idle, self.idle_s = self.idle_s + self._idle_gap(), 0.0
+        try:
+            episodes = self._rollout(questions, n_samples, greedy, seed, weights, retriever)
+        finally:
+            self.idle_since = time.perf_counter()
+        for episode in episodes:
+            episode.engine_idle_s = idle
+        return episodes
+
+    def _rollout(self, questions: Sequence[QARecord], n_samples: int, greedy: bool, seed: int | None,
+                 weights: Weights | None, retriever: Any) -> list[Episode]:
         self.wake_up()  # a colocated engine put to sleep for the update generates again
         self._catch_up(weights)
         self.rollouts += 1
@@ -96,11 +110,17 @@ class RolloutEngine:
     def load_weights(self, weights: dict[str, Any] | list[ray.ObjectRef], version: int = 0) -> bool:
         """Take new policy weights: a state dict, or the learner's bucket refs, fetched and loaded one bucket
         at a time (the object-store sync; the GPU modes: kr1/run/weight_sync.py)."""
+        self.idle_s += self._idle_gap()
         self.wake_up()
         parts = [weights] if isinstance(weights, dict) else (ray.get(ref) for ref in weights)
         self.generator.load_state_dict(parts)
         self.weights_version = version
+        self.idle_since = time.perf_counter()
         return True
+
+    def _idle_gap(self) -> float:
+        """Seconds since the last rollout or weight load ended (0 before the first)."""
+        return time.perf_counter() - self.idle_since if self.idle_since is not None else 0.0
 
     def _catch_up(self, weights: Weights | None) -> None:
         """Load the pool's latest weights if this engine holds others (it restarted since the sync)."""
@@ -162,6 +182,7 @@ class RolloutEnginePool:
             cfg, i, str(model_path), retriever) for i in range(n)]
         self.state_ref: ray.ObjectRef | None = None  # the latest synced weights, kept for restarted engines
         self.weights_version = 0
+        self.loading: list[ray.ObjectRef] = []  # the last weight load, when not waited for
         ray.get([e.ready.remote() for e in self.engines])
 
     @property
@@ -184,11 +205,16 @@ class RolloutEnginePool:
         pool, instead of the engines' own when given)."""
         return [e for part in ray.get(self.rollout_refs(questions, n_samples, greedy, seed, retriever)) for e in part]
 
-    def load_weights(self, state_ref: ray.ObjectRef) -> None:
+    def load_weights(self, state_ref: ray.ObjectRef, wait: bool = True) -> None:
         """Every engine fetches the same state dict from the object store; the pool keeps the ref
-        (the previous one is released) for engines that restart later."""
+        (the previous one is released) for engines that restart later. `wait=False` returns at once: each
+        engine loads after the rollouts it was given before (trainer.mode=async), and later calls after it."""
         self.state_ref, self.weights_version = state_ref, self.weights_version + 1
-        ray.get([e.load_weights.remote(state_ref, self.weights_version) for e in self.engines])
+        previous, self.loading = self.loading, [e.load_weights.remote(state_ref, self.weights_version)
+                                                for e in self.engines]
+        ray.get(previous)  # a load not waited for shows its errors here, at the latest
+        if wait:
+            ray.get(self.loading)
 
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[list[float]]]:
         """Each engine's log-probs of the same sequences (for checking a weight sync)."""

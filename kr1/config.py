@@ -161,6 +161,11 @@ class AlgorithmConfig:
     # k1 | k3
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
+    # trainer.mode=async: a group sampled by a policy more than this many updates old is dropped and rolled out
+    # again (0: every group comes from the current policy, as in sync mode)
+    max_staleness: int = 1
+    # the decoupled objective's importance weight pi_proximal / pi_behaviour is truncated at this value
+    behaviour_clip: float = 2.0
 
 
 @dataclass
@@ -194,6 +199,9 @@ class ReferenceConfig:
 
 @dataclass
 class TrainerConfig:
+    # sync: rollout, then update, in turn; async: the engines roll out later steps' prompts (at most
+    # algorithm.max_staleness updates ahead) while the learner trains on this step's
+    mode: str = "sync"
     total_steps: int = 30
     # prompts per step (each sampled rollout.n_samples times)
     prompts_per_step: int = 16
@@ -273,6 +281,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.bootstrap_size": ("tiny", "small"),
     "rollout.backend": ("hf", "vllm"),
     "rollout.mode": ("agent", "turn"),
+    "trainer.mode": ("sync", "async"),
     "rollout.prompt_template": ("search_r1", "compact"),
     "rollout.sleep_level": (0, 1, 2),
     "algorithm.advantage": ("grpo", "reinforce_pp"),
@@ -288,7 +297,7 @@ POSITIVE = (
     "rollout.max_total_tokens", "rollout.tensor_parallel_size", "learner.num_workers",
     "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
     "algorithm.max_sampling_rounds", "rollout.search_batch_size", "rollout.search_flush_ms",
-    "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens",
+    "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens", "algorithm.behaviour_clip",
 )
 
 
@@ -334,6 +343,10 @@ def _validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value <= 0:
             raise ConfigError(f"bad value for '{key}': {value!r} (must be positive)")
+    if cfg.algorithm.max_staleness < 0:
+        raise ConfigError(f"bad value for 'algorithm.max_staleness': {cfg.algorithm.max_staleness!r} (0 or more)")
+    if cfg.trainer.mode == "async" and cfg.cluster.colocate:  # colocated engines sleep while the learner trains
+        raise ConfigError("trainer.mode=async needs the engines on their own GPUs: set cluster.colocate=false")
 
 
 def load_config(name_or_path: str = "default", overrides: Sequence[str] = ()) -> Config:

@@ -19,7 +19,7 @@
 It starts a local Ray (or joins RAY_ADDRESS) and uses the embedded default's world,
 index and tiny model (`~/.cache/kr1`, built on first use) unless --world/--index/--model
 name others. Full-size retrieval runs on a ~115k-passage synthetic corpus built once
-under --cache-dir. `step` and `overlap` come from one measurement. Progress goes to
+under --cache-dir. `step`, `overlap` and `async` come from one measurement. Progress goes to
 stderr; the table to stdout (and --out).
 """
 

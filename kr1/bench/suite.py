@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from kr1.config import load_config
 from kr1.data import load_questions
 from kr1.run.assets import resolve_assets, synthetic_world
 
-BENCHMARKS = ("rollout", "agent", "retrieval", "memory", "logits", "sync", "step", "overlap", "scale")
+BENCHMARKS = ("rollout", "agent", "retrieval", "memory", "logits", "sync", "step", "overlap", "async", "scale")
 # run only when asked for (--only scale): corpora of millions of passages, about half an hour and 10 GiB of disk
 ON_REQUEST = ("scale",)
 LARGE_PEOPLE = 60000  # people in the full-size retrieval corpus: ~115k passages
@@ -42,13 +43,14 @@ class BenchSize:
     batching_every_backend: bool  # batching and agent-loop rows on every installed backend (else on hf only)
     step_modes: bool  # driver steps under each rollout.mode, timed (the agent benchmark)
     scale_passages: tuple[int, ...] = (1_000_000, 2_000_000, 4_000_000)  # wiki-like corpus sizes (scale)
+    mode_steps: int = 6  # driver steps per loop mode (async), after one that fills the queue
 
 
 SIZES = {
     "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, (2048, 4096), 1024, 3, (), True, True, True),
     "tiny": BenchSize(8, 200, 5, 1, 32, 16, 16, 1024, (256, 512), 128, 2,
                       ("trainer.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_turns=2"), False, False,
-                      False, (5_000, 10_000)),
+                      False, (5_000, 10_000), 1),
 }
 
 
@@ -130,12 +132,14 @@ def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, in
 
             rows += sync_rows(assets.model_path, progress)
             bar.update()
-        if "step" in only or "overlap" in only:
-            from kr1.bench.training import overlap_rows, phase_times, step_rows
+        if "step" in only or "overlap" in only or "async" in only:
+            from kr1.bench.training import async_rows, overlap_rows, phase_times, step_rows
 
-            times = phase_times(overrides, s.steps, s.repeats + 2, progress)
+            times = phase_times(overrides, s.steps, s.repeats + 2, progress, s.mode_steps if "async" in only else 0)
             rows += (step_rows(times) if "step" in only else []) + (overlap_rows(times) if "overlap" in only else [])
-            bar.update(("step" in only) + ("overlap" in only))
+            if "async" in only:
+                rows += async_rows(times, cfg.rollout.num_engines, cfg.learner.num_workers, os.cpu_count() or 1)
+            bar.update(("step" in only) + ("overlap" in only) + ("async" in only))
         if "scale" in only:
             from kr1.bench.scale import scale_rows
 

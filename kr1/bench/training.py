@@ -25,7 +25,8 @@ from kr1.bench.table import Row, met
 from kr1.config import Config, load_config
 from kr1.data import QARecord
 from kr1.rollout.episodes import RolloutSettings
-from kr1.run.loop import run_steps
+from kr1.run.loop import one_step, run_steps
+from kr1.run.run_logger import PhaseTimer
 from kr1.run.pools import start_retriever
 from kr1.run.training_run import TrainingRun
 from kr1.training.batch import TrainBatch
@@ -116,18 +117,21 @@ def step_mode_rows(overrides: Sequence[str], steps: int, backends: Sequence[str]
             notes="engine actors, sampled episodes of the same prompts"))]
 
 
-def phase_times(overrides: Sequence[str], steps: int, repeats: int,
-                progress: Progress = lambda s: None) -> dict[str, float]:
+def phase_times(overrides: Sequence[str], steps: int, repeats: int, progress: Progress = lambda s: None,
+                mode_steps: int = 0) -> dict[str, Any]:
     """Seconds per phase: `steps` driver steps of the default config with `overrides` (the mean of
     those after the first), then, in the same run, the same prompts again, timing retrieval, reward
-    and reference apart, and the reward beside the reference vs one after the other."""
+    and reference apart, and the reward beside the reference vs one after the other. With `mode_steps`,
+    then that many steps in each loop mode (`loop_mode_times`), under "modes"."""
     with tempfile.TemporaryDirectory(prefix="kr1-bench-") as tmp:
         progress(f"step: {steps} driver steps")
-        overrides = [*overrides, f"trainer.total_steps={steps}", "trainer.eval_every=0", "trainer.checkpoint_every=0",
+        total = steps + len(LOOP_MODES) * (mode_steps + 1)
+        overrides = [*overrides, f"trainer.total_steps={total}", "trainer.eval_every=0", "trainer.checkpoint_every=0",
                      f"trainer.output_dir={tmp}"]
         run = TrainingRun(load_config("default", overrides), quiet=True)
         try:
-            history = run_steps(run, quiet=True)
+            timer = PhaseTimer()
+            history = [one_step(run, step, timer) for step in range(steps)]
             kept = history[1:] or history  # the first step also pays warm-ups
             times = {k: statistics.mean(h.get(k, 0.0) for h in kept)
                      for k in ("time/step", "time/rollout", "time/score_and_ref", "time/update", "time/sync_weights")}
@@ -151,6 +155,7 @@ def phase_times(overrides: Sequence[str], steps: int, repeats: int,
                 reference.append(_timed(lambda: run.ref_logprobs(batch))[0])
                 serial.append(reward[-1] + reference[-1])
                 overlapped.append(_timed(overlapped_pass)[0])
+            modes = loop_mode_times(run, steps, mode_steps, progress) if mode_steps else {}
         finally:
             run.close()
     use = slice(1, None) if steps > 1 else slice(None)
@@ -158,8 +163,41 @@ def phase_times(overrides: Sequence[str], steps: int, repeats: int,
                   "reward": statistics.median(reward), "reference": statistics.median(reference),
                   "serial": statistics.median(serial), "overlapped": statistics.median(overlapped),
                   "episodes": len(episodes), "steps_kept": len(kept),
-                  "agent_mode": float(run.cfg.rollout.mode == "agent")})
+                  "agent_mode": float(run.cfg.rollout.mode == "agent"), "modes": modes,
+                  "mode_steps": mode_steps})
     return times
+
+
+# (name, trainer.mode, algorithm.max_staleness), measured in this order on one run's pools
+LOOP_MODES = (("sync", "sync", 0), ("async, staleness 1", "async", 1), ("async, staleness 2", "async", 2))
+
+
+def loop_mode_times(run: TrainingRun, first_step: int, steps: int,
+                    progress: Progress = lambda s: None) -> dict[str, dict[str, float]]:
+    """Per loop mode, `steps` driver steps after one that fills the pipeline: mean wall seconds per step, trained
+    episodes per step, and the seconds the learner and the engines sat idle per step."""
+    out, step, timer = {}, first_step, PhaseTimer()
+    episodes = run.cfg.trainer.prompts_per_step * run.cfg.rollout.n_samples
+    for name, mode, staleness in LOOP_MODES:
+        progress(f"async: {steps} steps, {name}")
+        run.set_loop_mode(mode, staleness)
+        walls, learner_idle, engine_idle = [], [], []
+        for i in range(steps + 1):
+            began = time.perf_counter()
+            m = one_step(run, step, timer)
+            wall, step = time.perf_counter() - began, step + 1
+            if i == 0:
+                continue
+            walls.append(wall)
+            if mode == "sync":  # the learner waits out the rollout; the engine everything else
+                learner_idle.append(m["time/rollout"])
+                engine_idle.append(wall - m["time/rollout"])
+            else:
+                learner_idle.append(m["async/learner_idle_s"])
+                engine_idle.append(m["async/engine_idle_s"])
+        out[name] = {"wall": statistics.mean(walls), "episodes": float(episodes),
+                     "learner_idle": statistics.mean(learner_idle), "engine_idle": statistics.mean(engine_idle)}
+    return out
 
 
 def step_rows(t: dict[str, float]) -> list[Row]:
@@ -194,3 +232,32 @@ def overlap_rows(t: dict[str, float]) -> list[Row]:
                     "rollout.mode=agent: queries of in-flight episodes go to the retriever in batches while the "
                     "others generate" if t["agent_mode"] else "rollout.mode=turn: each turn waits for its search"
                 ) + f"; retrieval batches take {t['retrieval'] / t['replay_rollout']:.0%} of the rollout's wall time")]
+
+
+def async_rows(t: dict[str, Any], num_engines: int, learner_cores: int, cores: int) -> list[Row]:
+    """Trained episodes per second of each async bound against the sync loop, on the same pools, with the idle
+    shares and the core-seconds bound on what overlapping can give."""
+    modes = t["modes"]
+    sync = modes["sync"]
+    rollout, rest = sync["learner_idle"], sync["wall"] - sync["learner_idle"]
+    # perfect overlap: a step takes the longer side, or the core-seconds of both spread over every core
+    bound_step = max(rollout, rest, (rollout * num_engines + rest * learner_cores) / cores)
+    bound = sync["wall"] / bound_step
+
+    def idle(m: dict[str, float]) -> str:
+        return f"learner idle {m['learner_idle'] / m['wall']:.0%}, engine idle {m['engine_idle'] / m['wall']:.0%}"
+
+    rows = []
+    for name in ("async, staleness 1", "async, staleness 2"):
+        m = modes[name]
+        ours, theirs = m["episodes"] / m["wall"], sync["episodes"] / sync["wall"]
+        goal = name.endswith("1")
+        rows.append(Row("async", f"{name} vs sync, trained episodes/s", f"{ours:.1f} episodes/s",
+                        f"{theirs:.1f} episodes/s", ours / theirs, ">= 1.25x" if goal else "-",
+                        met(ours / theirs >= 1.25) if goal else "-",
+                        f"step {m['wall']:.2f} s vs {sync['wall']:.2f} s; {idle(m)}; sync: {idle(sync)}; bound "
+                        f"{bound:.2f}x (sync rollout {rollout:.2f} s on {num_engines} engine(s), the rest "
+                        f"{rest:.2f} s on {learner_cores} learner rank(s), {cores} cores); one run's pools, "
+                        f"sync then staleness 1 then 2, mean of {t['mode_steps']:.0f} steps after one that fills "
+                        f"the queue"))
+    return rows

@@ -17,8 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from kr1.rollout.generation import (Generator, HFGenerator, VLLMGenerator, cut_at_stop, end_token_ids,
-                                   llvmlite_hidden, prompt_logprobs, turn_seed, vllm_engine_args)
+from kr1.rollout.generation import (Generator, HFGenerator, SampledSegment, VLLMGenerator, end_token_ids,
+                                   llvmlite_hidden, prompt_logprobs, turn_seed, vllm_engine_args, vllm_segment)
 from kr1.rollout.protocol import STOP_STRINGS
 
 
@@ -90,21 +90,20 @@ class VLLMAsyncGenerator:
         return final
 
     async def agenerate(self, context: list[int], max_new_tokens: int, temperature: float, top_p: float,
-                        seed: int) -> list[int]:
-        """One segment of one episode (the agent loop's call)."""
-        output = await self._request(context, self._params(max_new_tokens, temperature, top_p, seed))
-        return cut_at_stop(list(output.outputs[0].token_ids), self.tokenizer, self.end_ids, max_new_tokens,
-                           pieces=self.pieces)
+                        seed: int) -> SampledSegment:
+        """One segment of one episode (the agent loop's call), with its tokens' log-probs."""
+        output = await self._request(context, self._params(max_new_tokens, temperature, top_p, seed, logprobs=0))
+        return vllm_segment(output, self.tokenizer, self.end_ids, max_new_tokens, self.pieces)
 
     def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
-                 top_p: float = 1.0) -> list[list[int]]:
+                 top_p: float = 1.0) -> list[SampledSegment]:
         """A whole turn at once (the turn loop on this engine): every segment submitted, all awaited."""
         if not contexts:
             return []
         self.calls += 1
         seeds = [turn_seed(self.seed, self.calls, i) for i in range(len(contexts))]
 
-        async def turn() -> list[list[int]]:
+        async def turn() -> list[SampledSegment]:
             return list(await asyncio.gather(*(self.agenerate(list(c), n, temperature, top_p, s)
                                                for c, n, s in zip(contexts, max_new_tokens, seeds))))
         return self.loop.run(turn())

@@ -35,6 +35,8 @@ class Episode:
     prompt_ids: list[int]
     response_ids: list[int] = field(default_factory=list)  # everything after the prompt
     loss_mask: list[int] = field(default_factory=list)  # per response token: 1 generated, 0 appended by kr1
+    # per response token: its log-prob under the engine's sampling distribution (0 on appended tokens)
+    logprobs: list[float] = field(default_factory=list, compare=False)
     actions: list[str] = field(default_factory=list)  # per turn: search | answer | invalid
     queries: list[str] = field(default_factory=list)
     retrieved_ids: list[list[str]] = field(default_factory=list)  # per query, the passage ids read
@@ -50,6 +52,9 @@ class Episode:
     search_latencies: list[float] = field(default_factory=list, compare=False)
     search_batch_sizes: list[int] = field(default_factory=list, compare=False)
     search_batch_unique: list[int] = field(default_factory=list, compare=False)  # distinct queries in that batch
+    # seconds the engine that played it sat idle between its previous rollout call and this one, weight loads
+    # excluded (the same on every episode of the call; trainer.mode=async logs it)
+    engine_idle_s: float = field(default=0.0, compare=False)
 
     @property
     def length(self) -> int:
@@ -72,8 +77,11 @@ class Episode:
         return sum(self.loss_mask)
 
     def append(self, ids: Sequence[int], generated: bool) -> None:
+        """Add tokens; generated ones bring their sampling log-probs when the generator gave them."""
         self.response_ids.extend(ids)
         self.loss_mask.extend([int(generated)] * len(ids))
+        logprobs = getattr(ids, "logprobs", None) if generated else None
+        self.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,50 @@ def cut_at_stop(ids: Sequence[int], tokenizer: Any, end_ids: set[int], limit: in
     return list(ids[:limit])
 
 
+class SampledSegment(list):
+    """One generated segment: its token ids (a plain list to every caller) and `logprobs`, each token's
+    log-prob under the sampling distribution softmax(logits / temperature) of the engine's weights (the
+    behaviour policy of trainer.mode=async; nucleus and top-k truncation are not renormalised, as the
+    learner's log-probs are not)."""
+
+    def __init__(self, ids: Sequence[int], logprobs: Sequence[float]) -> None:
+        super().__init__(ids)
+        self.logprobs = [float(x) for x in logprobs]
+
+
+def cut_segment(ids: Sequence[int], logprobs: Sequence[float], tokenizer: Any, end_ids: set[int], limit: int,
+                pieces: dict[int, str] | None = None) -> SampledSegment:
+    """`cut_at_stop` keeping each kept token's log-prob."""
+    kept = cut_at_stop(ids, tokenizer, end_ids, limit, pieces=pieces)
+    return SampledSegment(kept, list(logprobs)[:len(kept)])
+
+
+class SampledLogprobs:
+    """A logits processor, first in the list (it sees the raw logits), that keeps each sampled token's log-prob
+    under softmax(logits / temperature): a step's token is read from the next step's input (the last from
+    the output), so only one step's (B, V) log-probs are held."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.previous: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids)
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _take(self, ids: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(-1, ids[:, -1:].to(self.previous.device))[:, 0].cpu())
+            self.previous = None
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """(B, new tokens) log-probs, given generate's output."""
+        self._take(sequences)
+        return torch.stack(self.steps, dim=1) if self.steps else torch.zeros((len(sequences), 0))
+
+
 class SeededSampling:
     """Sampling with each row's own seed (Gumbel-max: argmax of logits/T plus Gumbel noise drawn from
     the row's generator), so a row's tokens do not depend on its batch-mates; used as a logits
@@ -105,12 +149,24 @@ def vllm_engine_args(model_path: str, dtype: str, seed: int, gguf_file: str | No
     model = str(Path(model_path) / gguf_file) if gguf_file else model_path
     args: dict[str, Any] = dict(model=model, tokenizer=model_path if gguf_file else None, dtype=dtype, seed=seed,
                                 max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                                enforce_eager=enforce_eager or not torch.cuda.is_available())
+                                enforce_eager=enforce_eager or not torch.cuda.is_available(),
+                                # sampled tokens' log-probs after temperature, as the learner computes them
+                                logprobs_mode="processed_logprobs")
     if torch.cuda.is_available():
         args.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
         if weight_sync in ("cuda_ipc", "nccl"):
             args["weight_transfer_config"] = {"backend": "ipc" if weight_sync == "cuda_ipc" else "nccl"}
     return args
+
+
+def vllm_segment(output: Any, tokenizer: Any, end_ids: set[int], limit: int,
+                 pieces: dict[int, str]) -> SampledSegment:
+    """A vLLM request's output asked for logprobs=0 (each position holds the sampled token's entry) as a
+    segment cut at its stop."""
+    sample = output.outputs[0]
+    ids = list(sample.token_ids)
+    logprobs = [p[t].logprob for p, t in zip(sample.logprobs, ids)] if sample.logprobs else [0.0] * len(ids)
+    return cut_segment(ids, logprobs, tokenizer, end_ids, limit, pieces=pieces)
 
 
 def prompt_logprobs(outputs: Sequence[Any], sequences: Sequence[Sequence[int]]) -> list[list[float]]:
@@ -158,9 +214,9 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
-                 top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[list[int]]:
-        """One segment per context; with `seeds`, each row samples with its own seed (`SeededSampling`),
-        otherwise from the global torch generator (the turn loop's sampling)."""
+                 top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[SampledSegment]:
+        """One segment per context, with its tokens' log-probs; with `seeds`, each row samples with its own
+        seed (`SeededSampling`), otherwise from the global torch generator (the turn loop's sampling)."""
         if not contexts:
             return []
         width = max(len(c) for c in contexts)
@@ -170,18 +226,21 @@ class HFGenerator:
             input_ids[i, width - len(context):] = torch.tensor(context, dtype=torch.long)
             attention[i, width - len(context):] = 1
         greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        recorder = SampledLogprobs(temperature)  # transformers runs given processors before its own warpers
         if temperature > 0 and seeds is not None:
             seeded = SeededSampling(seeds, temperature, top_p)
-            sampling: dict[str, Any] = {**greedy, "logits_processor": [seeded]}
+            sampling: dict[str, Any] = {**greedy, "logits_processor": [recorder, seeded]}
         else:
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else greedy
+            sampling["logits_processor"] = [recorder]
         out = self.model.generate(
             input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
             max_new_tokens=max(max_new_tokens), stopping_criteria=self.stopping,
             pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids), **sampling)
+        logprobs = recorder.finish(out).tolist()
         new = out[:, width:].tolist()
-        return [cut_at_stop(ids, self.tokenizer, self.end_ids, limit, pieces=self.pieces)
-                for ids, limit in zip(new, max_new_tokens)]
+        return [cut_segment(ids, lp, self.tokenizer, self.end_ids, limit, pieces=self.pieces)
+                for ids, lp, limit in zip(new, logprobs, max_new_tokens)]
 
     def load_state_dict(self, parts: Iterable[dict[str, torch.Tensor]]) -> None:
         """Load a state dict given in parts (buckets), casting to the model's dtype; every weight once."""
@@ -249,7 +308,7 @@ class VLLMGenerator:
         self.calls = 0
 
     def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
-                 top_p: float = 1.0) -> list[list[int]]:
+                 top_p: float = 1.0) -> list[SampledSegment]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -259,11 +318,11 @@ class VLLMGenerator:
         params = [SamplingParams(max_tokens=limit, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                                  stop=list(STOP_STRINGS), include_stop_str_in_output=True,
                                  stop_token_ids=sorted(self.end_ids), skip_special_tokens=False,
-                                 seed=turn_seed(self.seed, self.calls, i))
+                                 seed=turn_seed(self.seed, self.calls, i), logprobs=0)
                   for i, limit in enumerate(max_new_tokens)]
         prompts = [TokensPrompt(prompt_token_ids=list(c)) for c in contexts]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [cut_at_stop(list(o.outputs[0].token_ids), self.tokenizer, self.end_ids, limit, pieces=self.pieces)
+        return [vllm_segment(o, self.tokenizer, self.end_ids, limit, self.pieces)
                 for o, limit in zip(outputs, max_new_tokens)]
 
     def load_state_dict(self, parts: Iterable[dict[str, torch.Tensor]]) -> None:

@@ -4,8 +4,10 @@
 
 Each step: rollout -> reward and reference log-probs (in parallel) -> advantages ->
 update -> weight sync -> (evaluate) -> log -> watch the stability monitors ->
-checkpoint. The starting policy is evaluated on the dev split first, and the end prints
-its table beside the trained policy's. What each step does, and how the pools start,
+checkpoint. With trainer.mode=async the rollout step takes episodes the engines played while
+the learner trained on earlier steps (kr1/run/rollout_queue.py), and the weight sync does not
+wait for the engines. The starting policy is evaluated on the dev split first, and the end
+prints its table beside the trained policy's. What each step does, and how the pools start,
 resume and recover from a dead learner or reference worker, is in kr1/run/training_run.py.
 """
 
@@ -18,7 +20,6 @@ import ray
 from kr1.config import Config
 from kr1.run.run_logger import PhaseTimer
 from kr1.run.training_run import TrainingRun
-from kr1.training.batch import TrainBatch
 from pipelines.plot_run import plot
 
 
@@ -64,7 +65,7 @@ def one_step(run: TrainingRun, step: int, timer: PhaseTimer) -> dict[str, float]
         episodes = run.rollout(step)
     with timer("score_and_ref"):
         pending_scores = run.score(episodes)  # the reward actor works while the reference runs
-        batch = run.ref_logprobs(TrainBatch.from_episodes(episodes, run.pad_id))
+        batch = run.ref_logprobs(run.train_batch(episodes))
         scores = ray.get(pending_scores)
     batch = run.advantages(batch, scores)
     with timer("update"):

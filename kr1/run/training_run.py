@@ -33,6 +33,7 @@ from kr1.run.metrics import episode_metrics, metrics_table, search_metrics, type
 from kr1.run.placement import Placement, check_cluster_fits
 from kr1.run.pools import start_engines, start_retriever
 from kr1.run.resume_check import INPUTS_FILE, check_resume, input_fingerprints
+from kr1.run.rollout_queue import QUEUE_FILE, RolloutQueue
 from kr1.run.run_lock import RunLock
 from kr1.run.run_logger import RunLogger
 from kr1.run.weight_sync import make_weight_sync
@@ -88,6 +89,10 @@ class TrainingRun:
         self.weight_sync = make_weight_sync(cfg.learner.weight_sync)
         self.recoveries = 0
         self.monitors, self.stop_reason, self.sampling, self.scored = StabilityMonitors(cfg.monitor), None, {}, None
+        # trainer.mode=async: later steps' rollouts run while the learner trains (policy version = steps done)
+        self.queue = RolloutQueue(self.start_rollout, cfg.algorithm.max_staleness, cfg.trainer.prompts_per_step) \
+            if cfg.trainer.mode == "async" else None
+        self.lag, self.async_metrics = 0, {}
         self.start_step = self._resume(*resume_from) if resume_from else 0
         # rows a killed run logged past the checkpoint are dropped: each step is logged once
         self.logger = RunLogger(self.output_dir, cfg.trainer.total_steps, quiet=self.quiet, start_step=self.start_step)
@@ -101,7 +106,10 @@ class TrainingRun:
         `algorithm.max_sampling_rounds` rounds), and those groups are the step's episodes; their scores are
         kept for `score`, so every episode is scored once."""
         cfg, questions = self.cfg, self.loader.batch(step)
-        episodes = self.engines.rollout(questions, cfg.rollout.n_samples, seed=cfg.trainer.seed + step)
+        if self.queue is None:
+            episodes = self.engines.rollout(questions, cfg.rollout.n_samples, seed=cfg.trainer.seed + step)
+        else:
+            episodes = self._take_rollout(step)
         self.sampling, self.scored = {"sampling_rounds": 1.0}, None
         if not cfg.algorithm.dynamic_sampling:
             return episodes
@@ -128,6 +136,39 @@ class TrainingRun:
         self.scored = EpisodeScores.concat([rounds[r][1].select(rows) for r, rows in kept])
         return [rounds[r][0][i] for r, rows in kept for i in rows]
 
+    def start_rollout(self, step: int) -> list[ray.ObjectRef]:
+        """The engines start on `step`'s prompts; one ref per engine slice."""
+        return self.engines.rollout_refs(self.loader.batch(step), self.cfg.rollout.n_samples,
+                                         seed=self.cfg.trainer.seed + step)
+
+    def _take_rollout(self, step: int) -> list[Any]:
+        """trainer.mode=async: this step's episodes from the queue, which first starts the rollouts of the next
+        algorithm.max_staleness steps (on the weights the engines were last sent: `step` updates)."""
+        self.queue.fill(step, step, self.cfg.trainer.total_steps)
+        taken = self.queue.take(step, step)
+        self.lag = taken.lag
+        dropped = self.async_metrics.get("async/dropped_groups", 0.0)  # counted since the last step's log
+        self.async_metrics = {"async/staleness_mean": float(taken.lag), "async/dropped_groups": dropped +
+                              taken.dropped_groups, "async/queue_depth": float(taken.depth),
+                              "async/learner_idle_s": taken.waited_s, "async/engine_idle_s": taken.engine_idle_s}
+        return taken.episodes
+
+    def set_loop_mode(self, mode: str, max_staleness: int = 1) -> None:
+        """Switch between sync and async steps (the async benchmark runs both on one set of pools); rollouts
+        already queued stay, within the new bound."""
+        if mode == "sync":
+            self.queue = None
+        else:
+            groups = self.cfg.trainer.prompts_per_step
+            self.queue = self.queue or RolloutQueue(self.start_rollout, max_staleness, groups)
+            self.queue.depth = max_staleness
+        self.lag = 0
+
+    def train_batch(self, episodes: list[Any]) -> TrainBatch:
+        """The learner's batch; episodes sampled by an older policy bring their behaviour log-probs (the decoupled
+        objective), on-policy ones do not (the loss is then sync mode's exactly)."""
+        return TrainBatch.from_episodes(episodes, self.pad_id, behaviour=self.lag > 0)
+
     def score(self, episodes: list[Any]) -> ray.ObjectRef:
         """Start the reward scorer; returns at once so the reference pass runs meanwhile (scores the rollout
         already made are handed back as they are)."""
@@ -151,7 +192,9 @@ class TrainingRun:
         return self.learners.update(batch)  # colocated engines sleep from ref_logprobs until sync_weights
 
     def sync_weights(self) -> None:
-        self.weight_sync.sync(self.learners, self.engines)
+        """New weights to the engines; in async mode without waiting: each engine loads them after the rollouts
+        it already has, and plays later calls (rollouts, evaluation) on them."""
+        self.weight_sync.sync(self.learners, self.engines, wait=self.queue is None)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy dev-split metrics every `trainer.eval_every` steps, and after the last (with the closed-book
@@ -211,12 +254,13 @@ class TrainingRun:
         metrics = {"reward/mean": rollout.pop("reward_mean"), "reward/std": rollout.pop("reward_std"),
                    **{f"rollout/{k}": v for k, v in {**rollout, **self.sampling}.items()},
                    **{f"search/{k}": v for k, v in search_metrics(episodes, times.get("rollout", 0.0)).items()},
-                   **{f"train/{k}": v for k, v in train.items()}, **evaluation,
+                   **{f"train/{k}": v for k, v in train.items()}, **evaluation, **self.async_metrics,
                    **{f"time/{k}": v for k, v in times.items()},
                    "time/step": sum(times.values()),
                    "throughput/rollout_tokens_per_s": generated / max(times.get("rollout", 0.0), 1e-9),
                    "throughput/train_tokens_per_s": float(batch.lengths.sum()) / max(times.get("update", 0.0), 1e-9)}
         self.logger.log(step + 1, metrics)
+        self.async_metrics = {}
         return metrics
 
     def watch(self, step: int, metrics: dict[str, float]) -> None:
@@ -244,6 +288,8 @@ class TrainingRun:
             torch.save({"numpy": np.random.get_state(), "torch": torch.get_rng_state()}, tmp / "rng_driver.pt")
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
             write_json(tmp / INPUTS_FILE, self.inputs)
+            if self.queue is not None:  # the rollouts already started are part of the state: resumed exactly
+                torch.save(self.queue.snapshot(), tmp / QUEUE_FILE)
             write_trainer_state(tmp, {"step": done, "data_position": self.loader.position(done),  # last
                                       "python_rng": repr(random.getstate()), "time": time.time()})
         return self.checkpoints.path(done)
@@ -268,6 +314,11 @@ class TrainingRun:
         rng = torch.load(path / "rng_driver.pt", weights_only=False)
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+        if self.queue is not None:  # what was queued was sampled by policies past the checkpoint's, or is kept
+            dropped = self.queue.clear()
+            if (path / QUEUE_FILE).is_file():
+                self.queue.restore(torch.load(path / QUEUE_FILE, weights_only=False))
+            self.async_metrics = {"async/dropped_groups": float(dropped)}
         self.sync_weights()
         print(f"resumed from {path} (step {read_trainer_state(path)['step']})", file=sys.stderr)
         return step
@@ -301,6 +352,8 @@ class TrainingRun:
         if not latest:  # the rebuilt learners hold the starting model: so must the engines
             random.seed(self.cfg.trainer.seed)
             np.random.seed(self.cfg.trainer.seed)
+            if self.queue is not None:
+                self.async_metrics = {"async/dropped_groups": float(self.queue.clear())}
             self.sync_weights()
         self.logger.close()
         self.logger = RunLogger(self.output_dir, self.cfg.trainer.total_steps, quiet=self.quiet, start_step=step)

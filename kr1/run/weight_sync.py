@@ -34,14 +34,15 @@ import ray
 
 
 class WeightSync(Protocol):
-    def sync(self, learners: Any, engines: Any) -> None: ...
+    def sync(self, learners: Any, engines: Any, wait: bool = True) -> None: ...
 
 
 class ObjectStoreSync:
-    """Gather once on learner rank 0, put in the object store, every engine loads it."""
+    """Gather once on learner rank 0, put in the object store, every engine loads it (`wait=False`: after the
+    rollouts it was given before, while the learner goes on)."""
 
-    def sync(self, learners: Any, engines: Any) -> None:
-        engines.load_weights(learners.state_dict_ref())
+    def sync(self, learners: Any, engines: Any, wait: bool = True) -> None:
+        engines.load_weights(learners.state_dict_ref(), wait=wait)
 
 
 class TransferEngineSync:
@@ -51,7 +52,8 @@ class TransferEngineSync:
         self.backend = backend
         self.ready = False
 
-    def sync(self, learners: Any, engines: Any) -> None:
+    def sync(self, learners: Any, engines: Any, wait: bool = True) -> None:
+        # the transfer needs both sides at once: an engine receives after the rollouts it was given (no `wait`)
         engines.wake_up(["weights"])  # weights back on the GPU first; the KV cache after the copy
         if not self.ready:
             ray.get([w.init_weight_transfer.remote(self.backend, engines.engines, engines.num_vllm_workers)

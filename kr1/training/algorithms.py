@@ -82,18 +82,29 @@ class LossOutput:
     kl: float
     clip_fraction: float
     entropy: float
+    # the decoupled objective's importance weights over loss tokens: their sum and the truncated ones'
+    # (both / normalizer) and their largest before truncation; 1, 1 and 0 without behaviour log-probs
+    behaviour_weight: float = 0.0
+    behaviour_weight_max: float = 1.0
+    behaviour_truncated: float = 0.0
 
 
 def policy_loss(*, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 loss_mask: torch.Tensor, clip_eps: float, normalizer: float, ref_logprobs: torch.Tensor | None = None,
                 kl_coef: float = 0.0, kl_estimator: str = "k3", entropy: torch.Tensor | None = None,
                 entropy_coef: float = 0.0, clip_eps_high: float | None = None,
-                loss_agg: str = "token_mean") -> LossOutput:
+                loss_agg: str = "token_mean", behaviour_logprobs: torch.Tensor | None = None,
+                behaviour_clip: float = 2.0) -> LossOutput:
     """PPO-clip policy gradient + KL-to-reference penalty (+ entropy bonus), summed / normalizer.
 
     The ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high null: clip_eps). Token sums
     weigh each loss token 1 (token_mean) or 1 / its sequence's loss tokens (seq_mean).
-    Shapes: logprobs, old_logprobs, ref_logprobs, loss_mask, entropy (B, T); advantages (B,) or (B, T).
+    With `behaviour_logprobs` (the policy that sampled the tokens, some updates old: trainer.mode=async) the
+    objective is AReaL's decoupled one: `old_logprobs` are the proximal policy's, the clip acts on
+    pi / pi_proximal, and each token's term is weighed by pi_proximal / pi_behaviour, truncated at
+    `behaviour_clip` (no gradient through it); equal log-probs give weight 1, today's loss exactly.
+    Shapes: logprobs, old_logprobs, ref_logprobs, loss_mask, entropy, behaviour_logprobs (B, T);
+    advantages (B,) or (B, T).
     """
     if loss_agg not in LOSS_AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {loss_agg!r} ({', '.join(LOSS_AGGREGATIONS)})")
@@ -106,6 +117,14 @@ def policy_loss(*, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * adv
     pg = -torch.minimum(unclipped, clipped)
+    weight_stats = [torch.zeros(()), torch.ones(()), torch.zeros(())]
+    if behaviour_logprobs is not None:
+        weight = torch.exp(old_logprobs.detach() - behaviour_logprobs)
+        truncated = weight > behaviour_clip
+        pg = pg * weight.clamp(max=behaviour_clip)
+        loss_tokens = loss_mask > 0
+        largest = weight[loss_tokens].max() if loss_tokens.any() else torch.ones(())
+        weight_stats = [(weight * mask).sum(), largest, (truncated.float() * mask).sum()]
     total = (pg * mask).sum()
     kl_sum = torch.zeros(())
     if ref_logprobs is not None:
@@ -117,4 +136,7 @@ def policy_loss(*, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
     clip_sum = (((ratio < 1.0 - clip_eps) | (ratio > 1.0 + high)).float() * mask).sum()
     logged = [(pg * mask).sum(), kl_sum, clip_sum, entropy_sum]
     pg_value, kl_value, clip_value, entropy_value = (x.detach().item() / normalizer for x in logged)
-    return LossOutput(total / normalizer, pg_value, kl_value, clip_value, entropy_value)
+    weight_sum, weight_max, truncated_sum = (x.detach().item() for x in weight_stats)
+    return LossOutput(total / normalizer, pg_value, kl_value, clip_value, entropy_value,
+                      weight_sum / normalizer if behaviour_logprobs is not None else 0.0, weight_max,
+                      truncated_sum / normalizer)

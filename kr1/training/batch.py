@@ -29,6 +29,9 @@ class TrainBatch:
     advantages: np.ndarray | None = None  # (B,) float32 per sequence, broadcast over its tokens
     ref_logprobs: np.ndarray | None = None  # (B, T) float32
     old_logprobs: np.ndarray | None = None  # (B, T) float32 policy at rollout time (multi-mini-batch PPO)
+    # (B, T) float32 the engine's log-probs of the sampled tokens (trainer.mode=async: the behaviour policy,
+    # some updates older than the learner's)
+    behaviour_logprobs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -43,8 +46,9 @@ class TrainBatch:
         return int(self.loss_mask.sum())
 
     @classmethod
-    def from_episodes(cls, episodes: Sequence[Any], pad_id: int) -> "TrainBatch":
-        """Stack episodes (prompt_ids, response_ids, loss_mask, question_id) into padded arrays."""
+    def from_episodes(cls, episodes: Sequence[Any], pad_id: int, behaviour: bool = False) -> "TrainBatch":
+        """Stack episodes (prompt_ids, response_ids, loss_mask, question_id) into padded arrays; `behaviour`:
+        with their sampling log-probs (episode.logprobs) as `behaviour_logprobs`."""
         width = max(e.length for e in episodes)
         n = len(episodes)
         ids = np.full((n, width), pad_id, dtype=np.int64)
@@ -52,14 +56,17 @@ class TrainBatch:
         mask = np.zeros((n, width), dtype=np.int8)
         group_of: dict[str, int] = {}
         groups = np.zeros(n, dtype=np.int64)
+        sampled = np.zeros((n, width), dtype=np.float32) if behaviour else None
         for i, e in enumerate(episodes):
             p, r = len(e.prompt_ids), len(e.response_ids)
             ids[i, :p + r] = e.prompt_ids + e.response_ids
             attention[i, :p + r] = 1
             mask[i, p:p + r] = e.loss_mask
             groups[i] = group_of.setdefault(e.question_id, len(group_of))
+            if sampled is not None:
+                sampled[i, p:p + r] = e.logprobs
         prompts = np.array([len(e.prompt_ids) for e in episodes], dtype=np.int64)
-        return cls(ids, attention, mask, prompts, groups)
+        return cls(ids, attention, mask, prompts, groups, behaviour_logprobs=sampled)
 
     def select(self, rows: Sequence[int] | np.ndarray) -> "TrainBatch":
         """The given rows, trimmed to their longest sequence (padding never travels)."""

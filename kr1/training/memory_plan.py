@@ -339,6 +339,11 @@ def check_plan(cfg: Config) -> MemoryPlan:
                       + ("" if expandable else " (yours: without expandable segments the plan adds the reserve "
                                               "the default allocator keeps)"))
     plan.notes.append(sync_note(cfg, d))
+    if cfg.trainer.mode == "async":
+        plan.notes.append(
+            f"trainer.mode=async: the learner's {n} GPUs and the engines' {engine_gpus} hold their peaks at once "
+            f"(nothing sleeps); the object store keeps up to {cfg.algorithm.max_staleness + 1} copies of the weights "
+            f"({sync_bytes(cfg, d) / GiB:.2f} GiB each) for engines still on older ones")
     plan.notes.append("GPUs: " + " + ".join(f"{g.name} {g.gpus}" for g in plan.groups)
                       + f" = {sum(g.gpus for g in plan.groups)} (cluster.gpus_per_node {cfg.cluster.gpus_per_node})")
     return plan

@@ -28,7 +28,7 @@ def _tensors(batch: TrainBatch, rows: np.ndarray, device: torch.device) -> dict[
     out = {"input_ids": torch.as_tensor(part.input_ids, device=device),
            "attention_mask": torch.as_tensor(part.attention_mask.astype(np.int64), device=device),
            "loss_mask": torch.as_tensor(part.loss_mask, device=device)}
-    for name in ("advantages", "ref_logprobs", "old_logprobs"):
+    for name in ("advantages", "ref_logprobs", "old_logprobs", "behaviour_logprobs"):
         value = getattr(part, name)
         if value is not None:
             out[name] = torch.as_tensor(value, device=device)
@@ -94,6 +94,9 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: TrainBatch, 
     model.train()
     optimizer.zero_grad(set_to_none=True)
     totals = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
+    behaviour = batch.behaviour_logprobs is not None
+    if behaviour:  # the decoupled objective's importance weights (max: combined by max, not summed)
+        totals.update(behaviour_weight=0.0, behaviour_weight_max=0.0, behaviour_truncated=0.0)
     low = algo.clip_eps if algo.clip_eps_low is None else algo.clip_eps_low
     high = algo.clip_eps if algo.clip_eps_high is None else algo.clip_eps_high
     for rows in micro_batches:
@@ -108,11 +111,15 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: TrainBatch, 
         out = policy_loss(logprobs=logprobs, old_logprobs=old, advantages=t["advantages"], loss_mask=t["loss_mask"],
                           clip_eps=low, clip_eps_high=high, normalizer=normalizer,
                           ref_logprobs=t.get("ref_logprobs"), kl_coef=algo.kl_coef, kl_estimator=algo.kl_estimator,
-                          entropy=entropy, entropy_coef=algo.entropy_coef, loss_agg=algo.loss_agg)
+                          entropy=entropy, entropy_coef=algo.entropy_coef, loss_agg=algo.loss_agg,
+                          behaviour_logprobs=t.get("behaviour_logprobs"), behaviour_clip=algo.behaviour_clip)
         (out.loss * scale).backward()
         totals["loss"] += out.loss.detach().item()
-        for name in ("pg_loss", "kl", "clip_fraction", "entropy"):
+        for name in ("pg_loss", "kl", "clip_fraction", "entropy") + (("behaviour_weight", "behaviour_truncated")
+                                                                     if behaviour else ()):
             totals[name] += getattr(out, name)
+        if behaviour:
+            totals["behaviour_weight_max"] = max(totals["behaviour_weight_max"], out.behaviour_weight_max)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     totals["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)

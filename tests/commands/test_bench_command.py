@@ -10,7 +10,7 @@ from kr1.bench.__main__ import main
 from kr1.bench.table import parse_table
 
 ROWS_PER_BENCHMARK = {"rollout batching": 1, "agent loop": 2, "retrieval": 4, "learner memory": 4, "learner logits": 4,
-                      "weight sync": 2, "step breakdown": 8, "overlap": 2}
+                      "weight sync": 2, "step breakdown": 8, "overlap": 2, "async": 2}
 
 
 def test_tiny_bench_prints_every_row_with_a_numeric_ratio(ray_session, world_dir, index_factory, tiny_model,

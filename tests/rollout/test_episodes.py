@@ -155,3 +155,30 @@ def _one_question(tmp_path, problem):
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps({"id": "q", "problem": problem, "golden_answers": ["Nowhere"]}) + "\n")
     return path
+
+
+def _scored(generator, episode, temperature):
+    """The model's log-probs of the episode's response tokens at `temperature`, by one forward pass."""
+    import torch
+
+    from kr1.logprobs import token_logprobs
+
+    ids = torch.tensor([episode.prompt_ids + episode.response_ids])
+    with torch.no_grad():
+        logits = generator.model(input_ids=ids, use_cache=False).logits / temperature
+    return token_logprobs(logits, ids)[0, len(episode.prompt_ids):].tolist()
+
+
+def test_sampled_tokens_carry_their_sampling_logprobs(sampled, generator, questions, retriever_pool):
+    # the turn loop's sampling (temperature 1) and the agent loop's seeded sampling at 0.7: each generated
+    # token's log-prob is the model's at the sampling temperature; appended tokens carry 0
+    seeded = generator.generate([e.prompt_ids for e in sampled[0][:6]], [24] * 6, 0.7, 1.0, list(range(6)))
+    replayed = [e.__class__(e.question_id, e.sample, e.prompt_ids) for e in sampled[0][:6]]
+    for episode, segment in zip(replayed, seeded):
+        episode.append(segment, generated=True)
+    for episodes, temperature in ((sampled[0][:12], 1.0), (replayed, 0.7)):
+        for e in episodes:
+            assert len(e.logprobs) == len(e.response_ids)
+            expected = _scored(generator, e, temperature)
+            for got, want, generated in zip(e.logprobs, expected, e.loss_mask):
+                assert got == (pytest.approx(want, abs=2e-4) if generated else 0.0)

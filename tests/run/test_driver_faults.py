@@ -160,6 +160,32 @@ def test_a_driver_killed_between_checkpoints_resumes_with_each_step_once(killed_
     assert [s for s, _ in CheckpointDirs(out).complete()] == [2, 4]
 
 
+def test_async_mode_at_staleness_0_is_the_sync_loop(killed_run, untrained_run_overrides, tmp_path):
+    """The killed sync run's first steps against the same config with trainer.mode=async and
+    algorithm.max_staleness=0: every metric of rows 0-2 equal (the start-of-run eval and two steps)."""
+    from kr1.run.loop import one_step
+    from kr1.run.run_logger import PhaseTimer
+
+    _, killed_rows, _ = killed_run
+    out = tmp_path / "async0"
+    cfg = load_config("default", untrained_run_overrides(out, **{"trainer.total_steps": 4, "trainer.mode": "async",
+                                                                  "algorithm.max_staleness": 0}))
+    run, timer = TrainingRun(cfg, quiet=True), PhaseTimer()
+    try:
+        run.evaluate_start()
+        rows = [one_step(run, step, timer) for step in range(2)]
+    finally:
+        run.close()
+    assert all(r["async/staleness_mean"] == 0 and r["async/queue_depth"] == 0 for r in rows)
+    assert not any(k.startswith("train/behaviour") for r in rows for k in r), "on-policy: no importance weights"
+    async_rows = _metrics(out)
+    assert [r["step"] for r in async_rows] == [0, 1, 2]
+    for left, right in zip(killed_rows[:3], async_rows):
+        for key, value in left.items():
+            if not key.startswith(TIMING_PREFIXES):
+                assert right[key] == pytest.approx(value, abs=1e-5), (left["step"], key)
+
+
 def test_a_local_run_binds_the_dashboard_to_localhost(killed_run):
     """The dashboard the killed driver's own local Ray started served its pages on 127.0.0.1 only."""
     _, _, dashboard = killed_run

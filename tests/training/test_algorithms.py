@@ -156,3 +156,46 @@ def test_seq_mean_is_invariant_to_micro_batch_splits():
     parts = [policy_loss(logprobs=logprobs[s], old_logprobs=old[s], advantages=adv[s], loss_mask=mask[s], **kw)
              for s in (slice(0, 1), slice(1, 4))]
     assert float(sum(p.loss for p in parts)) == pytest.approx(float(whole.loss), abs=1e-6)
+
+
+def test_decoupled_loss_with_behaviour_equal_to_proximal_is_todays_loss_exactly():
+    torch.manual_seed(1)
+    logprobs, old, ref = torch.randn(3, 5, requires_grad=True), torch.randn(3, 5), torch.randn(3, 5)
+    mask, adv = (torch.rand(3, 5) > 0.3).long(), torch.randn(3)
+    kw = dict(old_logprobs=old, advantages=adv, loss_mask=mask, clip_eps=0.2, clip_eps_high=0.28,
+              normalizer=float(mask.sum()), ref_logprobs=ref, kl_coef=0.05)
+    today = policy_loss(logprobs=logprobs, **kw)
+    (grad_today,) = torch.autograd.grad(today.loss, logprobs)
+    decoupled = policy_loss(logprobs=logprobs, behaviour_logprobs=old.clone(), behaviour_clip=2.0, **kw)
+    (grad_decoupled,) = torch.autograd.grad(decoupled.loss, logprobs)
+    assert torch.equal(today.loss.detach(), decoupled.loss.detach()) and torch.equal(grad_today, grad_decoupled)
+    weights = (decoupled.behaviour_weight, decoupled.behaviour_weight_max, decoupled.behaviour_truncated)
+    assert weights == (1.0, 1.0, 0.0)
+
+
+def test_decoupled_loss_weighs_each_token_by_the_truncated_proximal_over_behaviour_ratio():
+    # one sequence, three generated tokens; the current policy equals the proximal one (ratio 1, no clip)
+    logprobs = torch.zeros(1, 3, requires_grad=True)
+    mask, adv = torch.tensor([[1, 1, 1]]), torch.tensor([1.0])
+    behaviour = torch.log(torch.tensor([[1.0, 2.0, 0.25]]))  # weights pi_prox / pi_behaviour: 1, 0.5, 4
+    out = policy_loss(logprobs=logprobs, old_logprobs=torch.zeros(1, 3), advantages=adv, loss_mask=mask,
+                      clip_eps=0.2, normalizer=3.0, behaviour_logprobs=behaviour, behaviour_clip=2.0)
+    # each token's term is -advantage x its weight, the last truncated to 2
+    assert float(out.loss.detach()) == pytest.approx(-(1.0 + 0.5 + 2.0) / 3)
+    out.loss.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[-1.0, -0.5, -2.0]]) / 3)
+    assert out.behaviour_weight == pytest.approx((1.0 + 0.5 + 4.0) / 3)
+    assert out.behaviour_weight_max == pytest.approx(4.0)
+    assert out.behaviour_truncated == pytest.approx(1 / 3)
+
+
+def test_decoupled_loss_clips_against_the_proximal_policy_not_the_behaviour_one():
+    # behaviour far from both policies; the proximal policy alone decides what is clipped
+    mask, adv = torch.tensor([[1, 1]]), torch.tensor([1.0])
+    logprobs = torch.tensor([[0.5, 0.05]], requires_grad=True)  # ratios to the proximal: e^0.5 (clipped), e^0.05
+    out = policy_loss(logprobs=logprobs, old_logprobs=torch.zeros(1, 2), advantages=adv, loss_mask=mask,
+                      clip_eps=0.2, normalizer=2.0, behaviour_logprobs=torch.full((1, 2), -0.5), behaviour_clip=10.0)
+    out.loss.backward()
+    assert logprobs.grad[0, 0] == 0 and logprobs.grad[0, 1] != 0 and out.clip_fraction == pytest.approx(0.5)
+    weight = math.exp(0.5)
+    assert float(out.loss.detach()) == pytest.approx(-(1.2 + math.exp(0.05)) * weight / 2, rel=1e-6)
