@@ -176,6 +176,7 @@ class RolloutEnginePool:
         actor = ray.remote(RolloutEngine)
         n = cfg.rollout.num_engines
         self.tensor_parallel_size = cfg.rollout.tensor_parallel_size
+        self.colocated = cfg.cluster.colocate  # only colocated engines sleep and wake
         options = placement.options_for("engine") if placement else [{"num_cpus": num_cpus}] * n
         self.names = actor_names("rollout-engine", n)  # as the Ray dashboard lists them
         self.engines = [actor.options(name=self.names[i], max_restarts=3, max_task_retries=3, **options[i]).remote(
@@ -221,10 +222,14 @@ class RolloutEnginePool:
         return ray.get([e.sequence_logprobs.remote(sequences, self.weights) for e in self.engines])
 
     def sleep(self) -> None:
-        ray.get([e.sleep.remote() for e in self.engines])
+        """Colocated engines free their GPU memory; others are not called (a call would wait behind the rollouts
+        an async run queued on them)."""
+        if self.colocated:
+            ray.get([e.sleep.remote() for e in self.engines])
 
     def wake_up(self, tags: list[str] | None = None) -> None:
-        ray.get([e.wake_up.remote(tags) for e in self.engines])
+        if self.colocated:
+            ray.get([e.wake_up.remote(tags) for e in self.engines])
 
     @property
     def num_vllm_workers(self) -> int:
