@@ -51,7 +51,7 @@ class RolloutEngine:
             gguf_file=cfg.model.gguf_file, max_model_len=r.max_total_tokens,
             tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
             enforce_eager=r.enforce_eager, enable_sleep_mode=cfg.cluster.colocate, weight_sync=cfg.learner.weight_sync,
-            **extra)
+            sampled_logprobs=cfg.trainer.mode == "async", **extra)  # async mode's behaviour log-probs
         # the agent loop's segment calls: the async engine's own, or batches over hf's blocking generate
         self.agenerate = getattr(self.generator, "agenerate", None) or (
             SegmentBatcher(self.generator.generate, generation_executor()).generate if self.loop else None)

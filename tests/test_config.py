@@ -88,3 +88,14 @@ def test_override_without_equals_sign():
 def test_missing_config_name_lists_bundled():
     with pytest.raises(ConfigError, match="default"):
         load_config("no_such_config")
+
+
+def test_async_mode_keys_are_checked_and_refuse_colocated_engines():
+    cfg = load_config("default", ["trainer.mode=async", "algorithm.max_staleness=2", "algorithm.behaviour_clip=3"])
+    assert (cfg.trainer.mode, cfg.algorithm.max_staleness, cfg.algorithm.behaviour_clip) == ("async", 2, 3.0)
+    with pytest.raises(ConfigError, match=r"'trainer\.mode'.*sync, async"):
+        load_config("default", ["trainer.mode=overlap"])
+    with pytest.raises(ConfigError, match=r"'algorithm\.max_staleness'.*0 or more"):
+        load_config("default", ["trainer.mode=async", "algorithm.max_staleness=-1"])
+    with pytest.raises(ConfigError, match=r"trainer\.mode=async needs the engines on their own GPUs"):
+        load_config("default", ["trainer.mode=async", "cluster.colocate=true"])

@@ -52,7 +52,8 @@ class BenchEngine:
         self.loop = BackgroundLoop()
         r = cfg.rollout
         extra = {"loop": self.loop, "max_model_len": r.max_total_tokens} if backend == "vllm" else {}
-        self.generator = make_generator(backend, model_path, mode="agent", seed=cfg.trainer.seed, **extra)
+        self.generator = make_generator(backend, model_path, mode="agent", seed=cfg.trainer.seed,
+                                        sampled_logprobs=False, **extra)
         self.agenerate = getattr(self.generator, "agenerate", None) or SegmentBatcher(
             self.generator.generate, generation_executor()).generate
         self.tokenizer = self.generator.tokenizer

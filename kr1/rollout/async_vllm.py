@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from kr1.rollout.generation import (Generator, HFGenerator, SampledSegment, VLLMGenerator, end_token_ids,
+from kr1.rollout.generation import (Generator, HFGenerator, VLLMGenerator, end_token_ids,
                                    llvmlite_hidden, prompt_logprobs, turn_seed, vllm_engine_args, vllm_segment)
 from kr1.rollout.protocol import STOP_STRINGS
 
@@ -40,7 +40,7 @@ class VLLMAsyncGenerator:
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, gguf_file: str | None = None,
                  max_model_len: int = 2048, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
                  enforce_eager: bool = False, enable_sleep_mode: bool = False, weight_sync: str = "object_store",
-                 loop: Any = None) -> None:
+                 loop: Any = None, sampled_logprobs: bool = True) -> None:
         from kr1.rollout.agent_loop import BackgroundLoop
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -62,6 +62,7 @@ class VLLMAsyncGenerator:
         self.end_ids = end_token_ids(self.tokenizer)
         self.pieces: dict[int, str] = {}
         self.seed, self.calls, self.requests = seed, 0, 0
+        self.logprobs = 0 if sampled_logprobs else None  # the sampled token's log-prob with each token
 
     @staticmethod
     async def _start(args: dict[str, Any]) -> Any:
@@ -90,20 +91,21 @@ class VLLMAsyncGenerator:
         return final
 
     async def agenerate(self, context: list[int], max_new_tokens: int, temperature: float, top_p: float,
-                        seed: int) -> SampledSegment:
-        """One segment of one episode (the agent loop's call), with its tokens' log-probs."""
-        output = await self._request(context, self._params(max_new_tokens, temperature, top_p, seed, logprobs=0))
+                        seed: int) -> list[int]:
+        """One segment of one episode (the agent loop's call), with its tokens' log-probs when asked for."""
+        output = await self._request(context, self._params(max_new_tokens, temperature, top_p, seed,
+                                                           logprobs=self.logprobs))
         return vllm_segment(output, self.tokenizer, self.end_ids, max_new_tokens, self.pieces)
 
     def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
-                 top_p: float = 1.0) -> list[SampledSegment]:
+                 top_p: float = 1.0) -> list[list[int]]:
         """A whole turn at once (the turn loop on this engine): every segment submitted, all awaited."""
         if not contexts:
             return []
         self.calls += 1
         seeds = [turn_seed(self.seed, self.calls, i) for i in range(len(contexts))]
 
-        async def turn() -> list[SampledSegment]:
+        async def turn() -> list[list[int]]:
             return list(await asyncio.gather(*(self.agenerate(list(c), n, temperature, top_p, s)
                                                for c, n, s in zip(contexts, max_new_tokens, seeds))))
         return self.loop.run(turn())
@@ -147,7 +149,8 @@ class VLLMAsyncGenerator:
 def make_generator(backend: str, model_path: str, mode: str = "turn", **kwargs: Any) -> Generator:
     """The generator for `rollout.backend`; vLLM's agent loop runs on its async engine."""
     if backend == "hf":
-        return HFGenerator(model_path, **{k: v for k, v in kwargs.items() if k in ("dtype", "seed", "gguf_file")})
+        return HFGenerator(model_path, **{k: v for k, v in kwargs.items()
+                                          if k in ("dtype", "seed", "gguf_file", "sampled_logprobs")})
     if backend == "vllm":
         return VLLMAsyncGenerator(model_path, **kwargs) if mode == "agent" else VLLMGenerator(model_path, **kwargs)
     raise ValueError(f"unknown rollout backend {backend!r} (hf or vllm)")

@@ -159,14 +159,14 @@ def vllm_engine_args(model_path: str, dtype: str, seed: int, gguf_file: str | No
     return args
 
 
-def vllm_segment(output: Any, tokenizer: Any, end_ids: set[int], limit: int,
-                 pieces: dict[int, str]) -> SampledSegment:
-    """A vLLM request's output asked for logprobs=0 (each position holds the sampled token's entry) as a
-    segment cut at its stop."""
+def vllm_segment(output: Any, tokenizer: Any, end_ids: set[int], limit: int, pieces: dict[int, str]) -> list[int]:
+    """A vLLM request's output as a segment cut at its stop; asked for logprobs=0 (each position then holds the
+    sampled token's entry), a `SampledSegment` with them."""
     sample = output.outputs[0]
     ids = list(sample.token_ids)
-    logprobs = [p[t].logprob for p, t in zip(sample.logprobs, ids)] if sample.logprobs else [0.0] * len(ids)
-    return cut_segment(ids, logprobs, tokenizer, end_ids, limit, pieces=pieces)
+    if not sample.logprobs:
+        return cut_at_stop(ids, tokenizer, end_ids, limit, pieces=pieces)
+    return cut_segment(ids, [p[t].logprob for p, t in zip(sample.logprobs, ids)], tokenizer, end_ids, limit, pieces)
 
 
 def prompt_logprobs(outputs: Sequence[Any], sequences: Sequence[Sequence[int]]) -> list[list[float]]:
@@ -192,7 +192,8 @@ class HFGenerator:
     """Batched generation with transformers (CPU or GPU), left-padded."""
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, gguf_file: str | None = None,
-                 device: str | None = None, model: Any = None, tokenizer: Any = None) -> None:
+                 device: str | None = None, model: Any = None, tokenizer: Any = None,
+                 sampled_logprobs: bool = True) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -210,13 +211,15 @@ class HFGenerator:
 
         self.stopping = StoppingCriteriaList([StopStringCriteria(self.tokenizer, list(STOP_STRINGS))])
         self.pieces: dict[int, str] = {}
+        self.sampled_logprobs = sampled_logprobs  # segments carry their tokens' log-probs (trainer.mode=async)
         torch.manual_seed(seed)
 
     @torch.no_grad()
     def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
-                 top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[SampledSegment]:
-        """One segment per context, with its tokens' log-probs; with `seeds`, each row samples with its own
-        seed (`SeededSampling`), otherwise from the global torch generator (the turn loop's sampling)."""
+                 top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[list[int]]:
+        """One segment per context (a `SampledSegment` with its tokens' log-probs when the generator records
+        them); with `seeds`, each row samples with its own seed (`SeededSampling`), otherwise from the global
+        torch generator (the turn loop's sampling)."""
         if not contexts:
             return []
         width = max(len(c) for c in contexts)
@@ -226,19 +229,24 @@ class HFGenerator:
             input_ids[i, width - len(context):] = torch.tensor(context, dtype=torch.long)
             attention[i, width - len(context):] = 1
         greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        recorder = SampledLogprobs(temperature)  # transformers runs given processors before its own warpers
+        # transformers runs the processors it is given before its own warpers: the recorder sees raw logits
+        recorder = [SampledLogprobs(temperature)] if self.sampled_logprobs else []
         if temperature > 0 and seeds is not None:
             seeded = SeededSampling(seeds, temperature, top_p)
-            sampling: dict[str, Any] = {**greedy, "logits_processor": [recorder, seeded]}
+            sampling: dict[str, Any] = {**greedy, "logits_processor": [*recorder, seeded]}
         else:
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else greedy
-            sampling["logits_processor"] = [recorder]
+            if recorder:
+                sampling["logits_processor"] = recorder
         out = self.model.generate(
             input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
             max_new_tokens=max(max_new_tokens), stopping_criteria=self.stopping,
             pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids), **sampling)
-        logprobs = recorder.finish(out).tolist()
         new = out[:, width:].tolist()
+        if not recorder:
+            return [cut_at_stop(ids, self.tokenizer, self.end_ids, limit, pieces=self.pieces)
+                    for ids, limit in zip(new, max_new_tokens)]
+        logprobs = recorder[0].finish(out).tolist()
         return [cut_segment(ids, lp, self.tokenizer, self.end_ids, limit, pieces=self.pieces)
                 for ids, lp, limit in zip(new, logprobs, max_new_tokens)]
 
@@ -290,7 +298,7 @@ class VLLMGenerator:
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, gguf_file: str | None = None,
                  max_model_len: int = 2048, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
                  enforce_eager: bool = False, enable_sleep_mode: bool = False,
-                 weight_sync: str = "object_store") -> None:
+                 weight_sync: str = "object_store", sampled_logprobs: bool = True) -> None:
         # in-process engine core: weight sync reaches the model directly, no extra processes per engine
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -306,9 +314,10 @@ class VLLMGenerator:
         self.pieces: dict[int, str] = {}
         self.seed = seed
         self.calls = 0
+        self.logprobs = 0 if sampled_logprobs else None  # the sampled token's log-prob with each token
 
     def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], temperature: float = 1.0,
-                 top_p: float = 1.0) -> list[SampledSegment]:
+                 top_p: float = 1.0) -> list[list[int]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -318,7 +327,7 @@ class VLLMGenerator:
         params = [SamplingParams(max_tokens=limit, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                                  stop=list(STOP_STRINGS), include_stop_str_in_output=True,
                                  stop_token_ids=sorted(self.end_ids), skip_special_tokens=False,
-                                 seed=turn_seed(self.seed, self.calls, i), logprobs=0)
+                                 seed=turn_seed(self.seed, self.calls, i), logprobs=self.logprobs)
                   for i, limit in enumerate(max_new_tokens)]
         prompts = [TokensPrompt(prompt_token_ids=list(c)) for c in contexts]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)

@@ -70,13 +70,15 @@ def test_engine_pool_splits_the_batch_keeps_question_order_and_names_engines(tin
 
 @pytest.fixture(scope="module")
 def vllm_engines(policy, retriever_pool):
-    """One vLLM engine serving the trained checkpoint's policy directory (vLLM starts take a while)."""
-    pool = RolloutEnginePool(_config("vllm"), str(policy), retriever_pool, num_cpus=0.5)
+    """One vLLM engine serving the trained checkpoint's policy directory (vLLM starts take a while); as in
+    trainer.mode=async, it returns each sampled token's log-prob."""
+    pool = RolloutEnginePool(_config("vllm", **{"trainer.mode": "async"}), str(policy), retriever_pool, num_cpus=0.5)
     yield pool
     pool.close()
 
 
 @needs_vllm
+@vector_kernels  # vLLM ranks the sampled tokens' log-probs with the same compiled kernel
 def test_hf_and_vllm_give_the_same_greedy_episodes_of_a_checkpoint(policy, vllm_engines, retriever_pool,
                                                                    engine_questions):
     hf_engines = RolloutEnginePool(_config("hf"), str(policy), retriever_pool, num_cpus=0.5)
@@ -96,6 +98,17 @@ def test_hf_and_vllm_give_the_same_greedy_episodes_of_a_checkpoint(policy, vllm_
     crowded = vllm_engines.rollout(engine_questions, n_samples=3, seed=5)[:12]
     assert [(e.response_ids, e.loss_mask) for e in crowded] == [(e.response_ids, e.loss_mask) for e in alone]
     assert len({tuple(e.response_ids) for e in alone}) > 4, "samples of one question should differ"
+    # each sampled token carries its log-prob at the sampling temperature (0.7): the checkpoint's, to fp32 noise
+    from kr1.logprobs import token_logprobs
+
+    model = HFGenerator(str(policy), seed=0).model
+    for e in alone:
+        ids = torch.tensor([e.prompt_ids + e.response_ids])
+        with torch.no_grad():
+            want = token_logprobs(model(input_ids=ids, use_cache=False).logits / 0.7, ids)[0, len(e.prompt_ids):]
+        got, generated = torch.tensor(e.logprobs), torch.tensor(e.loss_mask, dtype=torch.bool)
+        torch.testing.assert_close(got[generated], want[generated], atol=2e-3, rtol=0)
+        assert torch.all(got[~generated] == 0)
 
 
 @pytest.fixture(scope="module")

@@ -27,3 +27,12 @@ def test_driver_refuses_a_run_over_memory_before_starting_anything(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: learner+reference+engine needs ") and "gradient_checkpointing" in err
     assert "cluster.memory_plan=false" in err and not (tmp_path / "run").exists()
+
+
+def test_an_async_plan_holds_learner_and_engine_gpus_apart_and_says_both_peak_at_once(capsys):
+    plan_main(["--config", "2wiki_qwen2.5_7b_instruct", "trainer.mode=async", "cluster.colocate=false",
+               "learner.weight_sync=object_store", "learner.num_workers=4", "rollout.num_engines=2"])
+    out = capsys.readouterr().out
+    assert "learner: 4 GPU(s)" in out and "engine: 4 GPU(s)" in out
+    assert "trainer.mode=async: the learner's 4 GPUs and the engines' 4 hold their peaks at once" in out
+    assert "GPUs: learner 4 + engine 4 = 8" in out

@@ -20,6 +20,9 @@ from kr1.run.training_run import TrainingRun
 
 pytestmark = pytest.mark.numerics  # runs compared to 1e-5
 
+# short episodes (2 turns) and at most one extra sampling round keep the three runs below quick
+ASYNC_RUN = {"trainer.total_steps": 3, "trainer.mode": "async", "algorithm.dynamic_sampling": True,
+             "algorithm.max_sampling_rounds": 2, "rollout.max_turns": 2}
 # what differs between equal runs: wall times, and the waits and idle times they measure
 UNCOMPARED = TIMING_PREFIXES + ("async/learner_idle_s", "async/engine_idle_s", "throughput/")
 
@@ -50,10 +53,10 @@ def _assert_same_rows(left: list[dict], right: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def async_run(ray_session, untrained_run_overrides, tmp_path_factory) -> Path:
-    """Three async steps at staleness 1, uninterrupted: checkpoints at steps 2 and 3."""
+    """Three async steps at staleness 1, uninterrupted, with dynamic sampling (its extra rounds roll out on the
+    current policy): checkpoints at steps 2 and 3."""
     out = tmp_path_factory.mktemp("async") / "run"
-    train(load_config("default", untrained_run_overrides(out, **{"trainer.total_steps": 3, "trainer.mode": "async"})),
-          quiet=True)
+    train(load_config("default", untrained_run_overrides(out, **ASYNC_RUN)), quiet=True)
     return out
 
 
@@ -64,6 +67,8 @@ def test_async_trains_on_one_update_old_groups_with_the_decoupled_objective(asyn
     assert [r["async/staleness_mean"] for r in steps] == [0.0, 1.0, 1.0]
     assert [r["async/queue_depth"] for r in steps] == [1.0, 1.0, 0.0]
     assert all(r["async/dropped_groups"] == 0 for r in steps)
+    # dynamic sampling rolled out extra rounds (on the current policy) where the queued groups taught nothing
+    assert any(r["rollout/sampling_rounds"] > 1 for r in steps), [r["rollout/sampling_rounds"] for r in steps]
     assert "train/behaviour_weight" not in steps[0]  # on-policy: today's loss
     for r in steps[1:]:  # the engine's weights are one update old: the weights differ from 1, and are logged
         assert 0.5 < r["train/behaviour_weight"] < 2.0 and r["train/behaviour_weight_max"] > 1.0
@@ -88,7 +93,7 @@ def test_an_async_run_resumed_with_its_engine_killed_equals_the_uninterrupted_on
         return refs
 
     monkeypatch.setattr(RolloutEnginePool, "rollout_refs", rollout_refs_then_kill)
-    overrides = untrained_run_overrides(split, **{"trainer.total_steps": 3, "trainer.mode": "async"})
+    overrides = untrained_run_overrides(split, **ASYNC_RUN)
     _steps(load_config("default", overrides), 2)
     assert killed, "the engine was never killed"
     monkeypatch.setattr(RolloutEnginePool, "rollout_refs", started)
