@@ -35,7 +35,8 @@ class Episode:
     prompt_ids: list[int]
     response_ids: list[int] = field(default_factory=list)  # everything after the prompt
     loss_mask: list[int] = field(default_factory=list)  # per response token: 1 generated, 0 appended by kr1
-    # per response token: its log-prob under the engine's sampling distribution (0 on appended tokens)
+    # per response token: its log-prob under the engine's sampling distribution (trainer.mode=async; 0 on
+    # appended tokens, and on all when the engine does not record them)
     logprobs: list[float] = field(default_factory=list, compare=False)
     actions: list[str] = field(default_factory=list)  # per turn: search | answer | invalid
     queries: list[str] = field(default_factory=list)
