@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from kr1.errors import UserError
+from kr1.errors import UserError, stop_on_sigterm
 
 
 class ClusterConnectError(UserError, RuntimeError):
@@ -41,12 +41,14 @@ def ensure_ray(address: str | None = None, num_cpus: int | float | None = None,
             reason = "Missing authentication token" if "Authentication" in type(e).__name__ else str(e).split("\n")[0]
             raise ClusterConnectError(f"cannot join the Ray cluster at {address}: {reason}. "
                                       + (AUTH_HINT if auth or isinstance(e, ConnectionError) else "")) from None
+        stop_on_sigterm()  # `ray job stop` sends SIGTERM: stop as on Ctrl-C, not with Ray's native stack dump
         return
     # logical CPUs are scheduling tokens: roles that take turns (rollout, update) may share cores
     num_cpus = num_cpus or max(os.cpu_count() or 1, 8)
     # address="local": always a fresh instance, never a stale cluster a `ray start` left behind
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host=dashboard_host,
              logging_level=logging.WARNING, log_to_driver=True)
+    stop_on_sigterm()
 
 
 def stop_actors(actors: list, timeout_s: float = 10.0) -> None:

@@ -255,6 +255,9 @@ class ClusterConfig:
     # wait for nodes when the cluster is too small now (null: when Ray's autoscaler says it can grow to fit;
     # false: stop at once naming what is missing; true: always wait, e.g. for nodes joined by hand)
     autoscaling: bool | None = None
+    # how long to wait for the placement groups (nodes booting and joining; cloud GPU VMs take 5-15 minutes),
+    # saying every 30 s what is awaited
+    placement_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -298,6 +301,7 @@ POSITIVE = (
     "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
     "algorithm.max_sampling_rounds", "rollout.search_batch_size", "rollout.search_flush_ms",
     "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens", "algorithm.behaviour_clip",
+    "cluster.placement_timeout_s",
 )
 
 

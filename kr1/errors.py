@@ -13,13 +13,32 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
 
 class UserError(Exception):
     """Bad input or setup that the user can fix; the message is one line naming the file, row or key."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM (`ray job stop`, a scheduler taking the node back): the command stops as on Ctrl-C, closing what
+    it started on the way out."""
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop at a time: a second SIGTERM must not cut the clean-up
+    raise StopRequested()
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises StopRequested in the main thread. Called after ray.init, whose own handler
+    prints a native stack and exits on the spot."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _request_stop)
 
 
 class WriteError(UserError):
@@ -81,6 +100,10 @@ def run_cli(main: Callable[[], None]) -> None:
     except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except StopRequested:  # 128 + SIGTERM, as a process that SIGTERM ended reports
+        print("stopped (SIGTERM): everything it started is stopped and its files are whole; a training run "
+              "continues from its last checkpoint with trainer.resume=true", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -111,8 +111,9 @@ def check_cluster_fits(cfg: Config) -> None:
 class Placement:
     """Placement groups for the learner, rollout engine and reference roles."""
 
-    def __init__(self, cfg: Config, timeout_s: float = 600.0, report_every_s: float = 30.0) -> None:
+    def __init__(self, cfg: Config, timeout_s: float | None = None, report_every_s: float = 30.0) -> None:
         self.cfg = cfg
+        timeout_s = cfg.cluster.placement_timeout_s if timeout_s is None else timeout_s
         self.gpu = cfg.cluster.gpus_per_node > 0
         bundles = placement_bundles(cfg)
         self.groups: dict[str, Any] = {name: placement_group(b, strategy=cfg.cluster.placement_strategy)
@@ -126,7 +127,8 @@ class Placement:
                 pending.pop(ref)
             if pending and time.monotonic() >= deadline:
                 raise RuntimeError(f"the cluster cannot fit the placement groups {sorted(pending.values())} within "
-                                   f"{timeout_s:.0f}s; lower learner.num_workers / rollout.num_engines or add nodes")
+                                   f"{timeout_s:.0f}s (cluster.placement_timeout_s); lower learner.num_workers / "
+                                   f"rollout.num_engines, add nodes, or wait longer")
             if pending:  # a quiet wait looks like a hang: say what for, every report_every_s
                 want = "; ".join(f"{name} {len(bundles[name])} x {bundles[name][0]}" for name in pending.values())
                 print(f"waiting for resources: {want} (cluster now has {ray.available_resources()})",
