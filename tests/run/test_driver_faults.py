@@ -355,3 +355,45 @@ def test_a_death_past_max_recoveries_ends_the_run(ray_session, untrained_run_ove
         train(cfg, quiet=True)
     said = capsys.readouterr().err
     assert said.count("a learner worker died") == 1 and "recovery 1 of trainer.max_recoveries=1" in said, said
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_leaves_it_resumable(ray_session, untrained_run_overrides, tmp_path,
+                                                                 capsys):
+    """What `ray job stop` sends: the run stops where it is, closes its actors and frees its directory, keeps its
+    checkpoints whole, and the command exits 143 with one line saying how to continue."""
+    import signal
+    import threading
+
+    from kr1.errors import StopRequested, run_cli, stop_on_sigterm
+    from kr1.run.run_lock import RunLock
+
+    out = tmp_path / "run"
+    cfg = load_config("default", untrained_run_overrides(out, **{"trainer.total_steps": 5,
+                                                                  "trainer.checkpoint_every": 1}))
+    before = set(ray.util.list_named_actors())
+
+    def stop_after_the_first_checkpoint() -> None:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "step_000001").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()
+    try:
+        threading.Thread(target=stop_after_the_first_checkpoint, daemon=True).start()
+        with pytest.raises(StopRequested):
+            train(cfg, quiet=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert set(ray.util.list_named_actors()) == before, "the run's actors were left behind"
+    RunLock.acquire(out).release()  # the directory is free for the resumed run
+    latest = CheckpointDirs(out).latest()
+    assert latest is not None and latest[0] >= 1 and not damage(latest[1], latest[0])
+    rows = [r["step"] for r in _metrics(out)]
+    assert rows == list(range(len(rows))) and len(rows) < 6, rows  # each step logged once, the run cut short
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(lambda: (_ for _ in ()).throw(StopRequested()))
+    assert stopped.value.code == 143
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1].startswith("stopped (SIGTERM):") and "trainer.resume=true" in said[-1]
