@@ -176,3 +176,14 @@ def test_every_key_is_commented(file_name):
 
 def test_comment_lint_flags_a_bare_key():
     assert uncommented_keys("# fine\na: 1\nb: 2  # fine\nc:\n  # fine\n  d: >-\n    e: not a key\n") == ["4: c:"]
+
+
+def test_the_grafana_dashboard_plots_every_gauge_kr1_exports():
+    import json
+
+    from kr1.run.ray_metrics import HEADLINE
+
+    dashboard = json.loads((Path(__file__).resolve().parents[1] / "cluster_configs" / "grafana_kr1.json").read_text())
+    queries = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for name in [n for n, _ in HEADLINE.values()] + ["kr1_step", "kr1_phase_share"]:
+        assert f'ray_{name}{{run=~"$run"}}' in queries, name

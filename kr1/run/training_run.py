@@ -31,6 +31,7 @@ from kr1.run.assets import resolve_assets
 from kr1.run.evaluation import evaluate, evaluate_closed_book
 from kr1.run.metrics import episode_metrics, metrics_table, search_metrics, type_metrics, type_table
 from kr1.run.placement import Placement, check_cluster_fits
+from kr1.run.ray_metrics import RunGauges
 from kr1.run.pools import start_engines, start_retriever
 from kr1.run.resume_check import INPUTS_FILE, check_resume, input_fingerprints
 from kr1.run.rollout_queue import QUEUE_FILE, RolloutQueue
@@ -96,6 +97,7 @@ class TrainingRun:
         self.start_step = self._resume(*resume_from) if resume_from else 0
         # rows a killed run logged past the checkpoint are dropped: each step is logged once
         self.logger = RunLogger(self.output_dir, cfg.trainer.total_steps, quiet=self.quiet, start_step=self.start_step)
+        self.gauges = RunGauges(self.output_dir.name)  # the headline figures in Ray's metrics (Prometheus, Grafana)
         random.seed(cfg.trainer.seed)
         np.random.seed(cfg.trainer.seed)
 
@@ -223,6 +225,7 @@ class TrainingRun:
             return {}
         metrics = {**self._dev_metrics(), **self._closed_book_metrics()}
         self.logger.log(0, metrics)
+        self.gauges.record(0, metrics)
         return metrics
 
     def report(self, before: dict[str, float], after: dict[str, float]) -> None:
@@ -260,6 +263,7 @@ class TrainingRun:
                    "throughput/rollout_tokens_per_s": generated / max(times.get("rollout", 0.0), 1e-9),
                    "throughput/train_tokens_per_s": float(batch.lengths.sum()) / max(times.get("update", 0.0), 1e-9)}
         self.logger.log(step + 1, metrics)
+        self.gauges.record(step + 1, metrics)
         self.async_metrics = {}
         return metrics
 

@@ -160,9 +160,29 @@ def test_a_driver_killed_between_checkpoints_resumes_with_each_step_once(killed_
     assert [s for s, _ in CheckpointDirs(out).complete()] == [2, 4]
 
 
+def _exported_gauges(run: str, want: tuple[str, ...], timeout_s: float = 60.0) -> dict[str, float]:
+    """kr1's series for `run` in this node's Prometheus export, once those in `want` are there (the driver's core
+    worker reports its metrics every few seconds); phase shares keyed `name:phase`."""
+    import re
+    import urllib.request
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    series: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not set(want) <= set(series):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        for name, tags, value in re.findall(r"^(ray_kr1_\w+)\{([^}]*)\} (\S+)$", text, flags=re.M):
+            if f'run="{run}"' in tags:
+                phase = re.search(r'phase="(\w+)"', tags)
+                series[f"{name}:{phase[1]}" if phase else name] = float(value)
+        time.sleep(0.5)
+    return series
+
+
 def test_async_mode_at_staleness_0_is_the_sync_loop(killed_run, untrained_run_overrides, tmp_path):
     """The killed sync run's first steps against the same config with trainer.mode=async and
-    algorithm.max_staleness=0: every metric of rows 0-2 equal (the start-of-run eval and two steps)."""
+    algorithm.max_staleness=0: every metric of rows 0-2 equal (the start-of-run eval and two steps). During that
+    run its headline figures are read from Ray's metrics export."""
     from kr1.run.loop import one_step
     from kr1.run.run_logger import PhaseTimer
 
@@ -174,8 +194,16 @@ def test_async_mode_at_staleness_0_is_the_sync_loop(killed_run, untrained_run_ov
     try:
         run.evaluate_start()
         rows = [one_step(run, step, timer) for step in range(2)]
+        exported = _exported_gauges("async0", want=("ray_kr1_reward", "ray_kr1_step", "ray_kr1_dev_em"))
     finally:
         run.close()
+    # during the run, the node's metrics export (what Prometheus scrapes) holds kr1's gauges at this run's values
+    assert exported["ray_kr1_reward"] == pytest.approx(rows[-1]["reward/mean"], rel=1e-6)
+    assert exported["ray_kr1_step"] == 2.0 and exported["ray_kr1_dev_em"] == pytest.approx(rows[-1]["eval/em"])
+    assert exported["ray_kr1_kl"] == pytest.approx(rows[-1]["train/kl"], rel=1e-6)
+    assert exported["ray_kr1_step_seconds"] == pytest.approx(rows[-1]["time/step"], rel=1e-6)
+    shares = {k.split(":")[1]: v for k, v in exported.items() if k.startswith("ray_kr1_phase_share:")}
+    assert {"rollout", "update"} <= set(shares) and 0 < sum(shares.values()) <= 1.0 + 1e-6
     assert all(r["async/staleness_mean"] == 0 and r["async/queue_depth"] == 0 for r in rows)
     assert not any(k.startswith("train/behaviour") for r in rows for k in r), "on-policy: no importance weights"
     async_rows = _metrics(out)

@@ -107,3 +107,4 @@ def test_a_collapse_stops_the_run_with_a_checkpoint_and_one_line(ray_session, un
     assert {"rollout/informative_groups", "rollout/sampling_rounds", "rollout/repeated_query_rate",
             "rollout/empty_query_rate", "rollout/evidence_recall", "train/entropy", "train/kl"} <= set(logged)
     assert 1 <= logged["rollout/sampling_rounds"] <= 2
+
