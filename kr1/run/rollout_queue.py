@@ -23,6 +23,7 @@ import ray
 
 QUEUE_FILE = "rollout_queue.pt"  # a checkpoint's snapshot of the queue (trainer.mode=async)
 
+
 @dataclass
 class QueuedRollout:
     step: int  # whose prompts
@@ -50,14 +51,14 @@ class RolloutQueue:
     def fill(self, step: int, version: int, last_step: int) -> None:
         """Start the rollouts of steps step .. step + depth (below last_step) that have not started."""
         for s in range(step, min(step + self.depth + 1, last_step)):
-            if s not in self.items and not (self.last is not None and self.last.step == s):
+            if s not in self.items and not self._taken_last(s):
                 self.items[s] = QueuedRollout(s, version, self.start(s))
 
     def take(self, step: int, version: int) -> TakenRollout:
         """This step's episodes at most `depth` updates stale; a staler batch is rolled out again now."""
         dropped = 0
         item = self.items.pop(step, None)
-        if item is None and self.last is not None and self.last.step == step:  # the step is redone (a recovery)
+        if item is None and self._taken_last(step):  # the step is redone (a recovery)
             item = self.last
         if item is not None and not 0 <= version - item.version <= self.depth:
             dropped, item = self.groups_per_step, None  # never read
@@ -72,6 +73,9 @@ class RolloutQueue:
         self.last = item
         return TakenRollout([e for part in item.episodes for e in part], version - item.version, waited, idle,
                             dropped, len(self.items))
+
+    def _taken_last(self, step: int) -> bool:
+        return self.last is not None and self.last.step == step
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every queued step batch with its tag and episodes, waiting for those in flight (for a checkpoint)."""
