@@ -24,6 +24,7 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from kr1.config import Config
+from kr1.run.cluster_capacity import ClusterCapacity, autoscaler_activity, read_cluster_capacity
 from kr1.errors import UserError
 
 # GPU shares when roles colocate on one device; they alternate, so the fractions only place them
@@ -69,6 +70,11 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def _brief(resources: dict[str, float]) -> str:
+    """CPUs and GPUs free now, without Ray's per-group and per-node bookkeeping resources."""
+    return ", ".join(f"{_fmt(resources.get(k, 0.0))} {k}" for k in ("CPU", "GPU"))
+
+
 def fit_problem(cfg: Config, offered: dict[str, float], most: dict[str, float] | None) -> str | None:
     """Why a cluster offering `offered` (and growing to at most `most`, None: not at all) can never hold the
     run, or None. One line: what is needed, by whom, what the cluster has, and what to change."""
@@ -84,28 +90,25 @@ def fit_problem(cfg: Config, offered: dict[str, float], most: dict[str, float] |
                      "CPUs are scheduling slots, and kr1's roles take turns)")
             fix = "add GPU nodes" if kind == "GPU" else local if cfg.cluster.gpus_per_node == 0 else \
                 "add nodes, or start them with more --num-cpus"
+            if most is not None:  # an autoscaler whose node types cannot reach the need
+                fix = f"raise max_workers or the {kind}s of the node types the autoscaler may add"
             grows = "and no autoscaler that can add more" if most is None else f"and can grow to {_fmt(limit)}"
             return (f"the run needs {_fmt(total)} {kind}s ({parts}) but the cluster has {_fmt(offered.get(kind, 0))} "
                     f"{grows}: {fix}, or lower {knobs}")
     return None
 
 
-def check_cluster_fits(cfg: Config) -> None:
-    """Stop at once when the cluster can never hold the run; on one that can grow, say that it will wait."""
-    offered = ray.cluster_resources()
-    most = None
-    if cfg.cluster.autoscaling is not False:
-        try:  # what Ray's autoscaler may add (its cluster config); None where no autoscaler runs
-            most = ray._private.state.state.get_max_resources_from_cluster_config()
-        except Exception:  # an older or newer Ray without it: treat as no autoscaler
-            most = None
-        if cfg.cluster.autoscaling:
-            most = most or {"CPU": float("inf"), "GPU": float("inf")}
-    problem = fit_problem(cfg, offered, most)
+def check_cluster_fits(cfg: Config) -> ClusterCapacity:
+    """Stop at once when the cluster can never hold the run; say what it can grow to, and that it will wait."""
+    offered, capacity = ray.cluster_resources(), read_cluster_capacity(cfg.cluster.autoscaling)
+    problem = fit_problem(cfg, offered, capacity.most)
     if problem:
-        raise ClusterTooSmallError(problem)
+        raise ClusterTooSmallError(f"{problem} ({capacity.source})")
+    if capacity.most is not None:
+        print(capacity.line(), file=sys.stderr, flush=True)
     if fit_problem(cfg, offered, None):
-        print("waiting for the autoscaler to add nodes for this run's placement groups", file=sys.stderr)
+        print("waiting for the autoscaler to add nodes for this run's placement groups", file=sys.stderr, flush=True)
+    return capacity
 
 
 class Placement:
@@ -119,7 +122,8 @@ class Placement:
         self.groups: dict[str, Any] = {name: placement_group(b, strategy=cfg.cluster.placement_strategy)
                                        for name, b in bundles.items()}
         pending = {g.ready(): name for name, g in self.groups.items()}
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
         while pending:
             left = deadline - time.monotonic()
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=max(0.0, min(report_every_s, left)))
@@ -131,8 +135,11 @@ class Placement:
                                    f"rollout.num_engines, add nodes, or wait longer")
             if pending:  # a quiet wait looks like a hang: say what for, every report_every_s
                 want = "; ".join(f"{name} {len(bundles[name])} x {bundles[name][0]}" for name in pending.values())
-                print(f"waiting for resources: {want} (cluster now has {ray.available_resources()})",
-                      file=sys.stderr, flush=True)
+                doing = autoscaler_activity()
+                print(f"waiting for resources: {want} (cluster now has {_brief(ray.available_resources())}"
+                      f"{'; ' + doing if doing else ''})", file=sys.stderr, flush=True)
+        if time.monotonic() - start > 1.0:  # nodes came for the run: say how long that took
+            print(f"placement groups ready after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
 
     def options_for(self, role: str) -> list[dict[str, Any]]:
         """`.options()` for each actor of `role` (learner | engine | reference), in rank order.

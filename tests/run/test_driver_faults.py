@@ -160,16 +160,16 @@ def test_a_driver_killed_between_checkpoints_resumes_with_each_step_once(killed_
     assert [s for s, _ in CheckpointDirs(out).complete()] == [2, 4]
 
 
-def _exported_gauges(run: str, want: tuple[str, ...], timeout_s: float = 60.0) -> dict[str, float]:
-    """kr1's series for `run` in this node's Prometheus export, once those in `want` are there (the driver's core
-    worker reports its metrics every few seconds); phase shares keyed `name:phase`."""
+def _exported_gauges(run: str, want: tuple[str, ...], step: float, timeout_s: float = 60.0) -> dict[str, float]:
+    """kr1's series for `run` in this node's Prometheus export, once those in `want` are there at `step` (the
+    driver's core worker reports its metrics every few seconds); phase shares keyed `name:phase`."""
     import re
     import urllib.request
 
     port = ray._private.worker.global_worker.node.metrics_export_port
     series: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not set(want) <= set(series):
+    while time.monotonic() < deadline and not (set(want) <= set(series) and series["ray_kr1_step"] == step):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         for name, tags, value in re.findall(r"^(ray_kr1_\w+)\{([^}]*)\} (\S+)$", text, flags=re.M):
             if f'run="{run}"' in tags:
@@ -194,7 +194,8 @@ def test_async_mode_at_staleness_0_is_the_sync_loop(killed_run, untrained_run_ov
     try:
         run.evaluate_start()
         rows = [one_step(run, step, timer) for step in range(2)]
-        exported = _exported_gauges("async0", want=("ray_kr1_reward", "ray_kr1_step", "ray_kr1_dev_em"))
+        exported = _exported_gauges("async0", want=("ray_kr1_reward", "ray_kr1_step", "ray_kr1_dev_em"),
+                                    step=2.0)
     finally:
         run.close()
     # during the run, the node's metrics export (what Prometheus scrapes) holds kr1's gauges at this run's values

@@ -1,0 +1,143 @@
+"""`ray job submit -- python -m kr1.driver` on clusters started with `ray start`: a static head with token auth
+(stopped by `ray job stop`, then resumed), and heads that Ray's real autoscaler grows, v1 and v2."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kr1.run.metrics import TIMING_PREFIXES
+
+pytestmark = pytest.mark.cluster
+STEPS = 3  # driver steps of every job here; the static run is stopped after its first checkpoint
+
+
+# a placement group that needs a second worker node, and what autoscaler_activity says until it is placed
+WATCH_A_LAUNCH = """
+import time, ray
+from ray.util.placement_group import placement_group
+from kr1.run.cluster_capacity import autoscaler_activity
+ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+group, seen, deadline = placement_group([{"CPU": 8}] * 2), set(), time.monotonic() + 120
+while time.monotonic() < deadline and not ray.wait([group.ready()], timeout=0.1)[0]:
+    seen.add(autoscaler_activity())
+print("\\n".join(sorted(seen - {""})))
+"""
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def job_args(untrained_run_overrides):
+    return lambda out, **extra: untrained_run_overrides(out, **{"trainer.total_steps": STEPS, "trainer.eval_every": 0,
+                                                                "trainer.checkpoint_every": 1, **extra})
+
+
+@pytest.fixture(scope="module")
+def static_rows(tmp_path_factory):
+    """The metrics of the static cluster's run (stopped and resumed), for the autoscaled runs to equal."""
+    return {}
+
+
+def _same_metrics(left: list[dict], right: list[dict]) -> None:
+    assert [r["step"] for r in left] == [r["step"] for r in right] == list(range(1, STEPS + 1))
+    for a, b in zip(left, right):
+        for key, value in a.items():
+            if not key.startswith(TIMING_PREFIXES) and not key.startswith("throughput/"):
+                assert b[key] == pytest.approx(value, abs=1e-5), (a["step"], key)
+
+
+def test_job_stop_is_a_stop_and_the_resumed_job_finishes(start_head, job_args, tmp_path, static_rows):
+    """On a static 8-CPU head with token auth: `ray job stop` after the first checkpoint stops the driver within the
+    job's stop wait, with its one line and no native stack; nothing of the run is left; `trainer.resume=true` in a
+    new job finishes it, each step logged once. A driver whose RAY_AUTH_MODE differs gets one line naming the fix."""
+    head = start_head("static")
+    # a driver whose RAY_AUTH_MODE differs spends ~20 s in Ray's own connection retries: it runs beside the job
+    mismatch = subprocess.Popen([sys.executable, "-m", "kr1.driver", f"cluster.address={head.gcs}"],
+                                env={**head.env, "RAY_AUTH_MODE": "disabled"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "run"
+    job = head.submit(job_args(out), wait=False, submission_id="kr1-stopped")
+    assert job.returncode == 0, job.stderr[-2000:]
+    deadline = time.monotonic() + 400
+    while not (out / "checkpoints" / "step_000001").is_dir():
+        assert time.monotonic() < deadline, head.job("logs", "kr1-stopped").stdout[-3000:]
+        time.sleep(0.2)
+    started = time.monotonic()
+    stop = head.job("stop", "kr1-stopped")
+    stop_s = time.monotonic() - started
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    status = head.job("status", "kr1-stopped")
+    assert "was stopped" in status.stdout + status.stderr
+    logs = head.job("logs", "kr1-stopped").stdout
+    said = logs.strip().splitlines()[-1]
+    assert said.startswith("stopped (SIGTERM):") and "trainer.resume=true" in said, logs[-2000:]
+    assert "SIGTERM received" not in logs and "PC: @" not in logs, "a native stack: the driver was killed"
+    print(f"\nray job stop: {stop_s:.1f} s")
+    assert stop_s < 60, f"the stop took {stop_s:.0f} s: past the job's stop wait, the driver was killed"
+    actors = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address='auto', logging_level='ERROR');"
+                             "from ray.util.state import list_actors;"
+                             "print(json.dumps([a.class_name for a in list_actors(filters=[('state', '=', 'ALIVE')])"
+                             " if a.class_name != 'JobSupervisor']))"],
+                            env={**head.env, "RAY_ADDRESS": head.gcs}, capture_output=True, text=True, timeout=120)
+    alive = json.loads(actors.stdout.strip().splitlines()[-1])
+    assert alive == [], f"actors left by the stopped job: {alive}"
+    stopped_rows = _metrics(out)
+    assert 1 <= len(stopped_rows) < STEPS, "stopped during the run, after its first step"
+
+    resumed = head.submit(job_args(out, **{"trainer.resume": "true"}))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"step {STEPS}/{STEPS}" in resumed.stdout
+    static_rows["rows"] = _metrics(out)
+    assert [r["step"] for r in static_rows["rows"]] == list(range(1, STEPS + 1)), "each step once"
+    _, mismatch_err = mismatch.communicate(timeout=300)
+    assert mismatch.returncode == 2
+    assert "RAY_AUTH_MODE the same way" in mismatch_err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("autoscaler", ["v1", "v2"])
+def test_the_autoscaler_adds_the_node_the_run_waits_for(start_head, job_args, tmp_path, static_rows, autoscaler):
+    """A head of 0 CPUs whose autoscaler may add two 8-CPU nodes: a run needing more than the head is refused at once
+    when even the grown cluster cannot hold it; the default run is not refused, says what the cluster can grow to
+    and that it waits, the node comes, and the run finishes with the static cluster's metrics."""
+    head = start_head(autoscaler, worker_cpus=8, max_workers=2)
+    started = time.monotonic()
+    never = head.submit(job_args(tmp_path / "never", **{"learner.num_workers": 16}))
+    refused_s = time.monotonic() - started
+    assert never.returncode != 0
+    error = [line for line in never.stdout.splitlines() if line.startswith("error: ")]
+    assert error and error[-1].startswith("error: the run needs 18.1 CPUs") and "can grow to 16" in error[-1], \
+        never.stdout[-3000:]
+    assert f"the autoscaling config the head was started with: {head.config_file}" in error[-1]
+    assert refused_s < 120, f"refused after {refused_s:.0f} s, not at once"
+    assert "ray.worker.cpu" not in head.status(), "nothing was launched for a run that can never fit"
+
+    out = tmp_path / "run"
+    started = time.monotonic()
+    job = head.submit(job_args(out))
+    print(f"\n{autoscaler}: refused in {refused_s:.1f} s; the run's job took {time.monotonic() - started:.1f} s")
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    said = job.stdout
+    assert (f"cluster: can grow to 16 CPUs, 0 GPUs (the autoscaling config the head was started with: "
+            f"{head.config_file})") in said
+    assert "waiting for the autoscaler to add nodes for this run's placement groups" in said
+    assert re.search(r"placement groups ready after \d+ s", said)
+    assert f"step {STEPS}/{STEPS}" in said
+    assert re.search(r"1 ray\.worker\.cpu", head.status()), head.status()
+    # what the wait reports say of the autoscaler while a node is coming: a second node, asked for by another driver
+    watch = subprocess.run([sys.executable, "-c", WATCH_A_LAUNCH], env={**head.env, "RAY_ADDRESS": head.gcs},
+                           capture_output=True, text=True, timeout=300)
+    assert "the autoscaler is launching 1 x ray.worker.cpu" in watch.stdout.splitlines(), \
+        watch.stdout[-2000:] + watch.stderr[-2000:]
+    if "rows" in static_rows:
+        _same_metrics(static_rows["rows"], _metrics(out))
+    else:
+        assert [r["step"] for r in _metrics(out)] == list(range(1, STEPS + 1))
