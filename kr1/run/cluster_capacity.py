@@ -92,12 +92,17 @@ def _gcs_cluster_config() -> ClusterCapacity | None:
 
 
 def _monitor_config_path() -> Path | None:
-    """The `--autoscaling-config` of the autoscaler process on this node (the head, under `ray job submit`)."""
+    """The `--autoscaling-config` of this cluster's autoscaler process, when it runs on this node (the head, under
+    `ray job submit`); matched by its GCS port, as other Ray clusters may run on the same machine."""
     import psutil
+    import ray
 
+    port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if not any(a.endswith(("autoscaler/_private/monitor.py", "autoscaler/v2/monitor.py")) for a in cmdline):
+            continue
+        if not any(a.startswith("--gcs-address=") and a.rsplit(":", 1)[-1] == port for a in cmdline):
             continue
         for arg in cmdline:
             if arg.startswith("--autoscaling-config="):
@@ -128,9 +133,12 @@ def read_cluster_capacity(autoscaling: bool | None = None) -> ClusterCapacity:
         return ClusterCapacity(None, "cluster.autoscaling=false")
     if autoscaling:
         return ClusterCapacity({k: INF for k in KINDS}, "cluster.autoscaling=true")
-    monitor = _monitor_config_path()
-    readers = (_gcs_cluster_config,
-               lambda: monitor and _config_file(monitor, "the autoscaling config the head was started with"),
+
+    def head_config() -> ClusterCapacity | None:
+        path = _monitor_config_path()
+        return _config_file(path, "the autoscaling config the head was started with") if path else None
+
+    readers = (_gcs_cluster_config, head_config,
                lambda: _config_file(BOOTSTRAP_CONFIG.expanduser(), "the cluster launcher's bootstrap config"),
                _kuberay)
     for reader in readers:
