@@ -58,16 +58,15 @@ def capacity_from_autoscaling_config(config: dict[str, Any], source: str) -> Clu
     most: dict[str, float] = {}
     for kind in KINDS:
         total = float((types.get(head) or {}).get("resources", {}).get(kind, 0) or 0)
-        workers = []
-        for name, spec in types.items():
-            if name == head or not (spec or {}).get("max_workers", 0):
-                continue
-            if "resources" not in spec:
-                total = INF
-                break
-            workers += [float(spec["resources"].get(kind, 0) or 0)] * int(spec["max_workers"])
-        if not math.isinf(total):  # the largest nodes first, as many as the global cap lets in
-            total += sum(sorted(workers, reverse=True)[:cap if cap is not None else len(workers)])
+        workers = [(spec or {}) for name, spec in types.items() if name != head and (spec or {}).get("max_workers")]
+        if any("resources" not in spec for spec in workers):
+            most[kind] = INF
+            continue
+        left = INF if cap is None else int(cap)
+        # the largest nodes first, as many as the global cap lets in
+        for spec in sorted(workers, key=lambda spec: -float(spec["resources"].get(kind, 0) or 0)):
+            count = min(int(spec["max_workers"]), left)
+            total, left = total + count * float(spec["resources"].get(kind, 0) or 0), left - count
         most[kind] = total
     return ClusterCapacity(most, source)
 

@@ -18,16 +18,13 @@ pytestmark = pytest.mark.cluster
 STEPS = 3  # driver steps of every job here; the static run is stopped after its first checkpoint
 
 
-# a placement group that needs a second worker node, and what autoscaler_activity says until it is placed
+# kr1's placement of 9 one-CPU bundles, reporting its wait every 0.2 s: one more node than the 8-CPU one there is
 WATCH_A_LAUNCH = """
-import time, ray
-from ray.util.placement_group import placement_group
-from kr1.run.cluster_capacity import autoscaler_activity
+import ray
+from kr1.config import load_config
+from kr1.run.placement import Placement
 ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-group, seen, deadline = placement_group([{"CPU": 8}] * 2), set(), time.monotonic() + 120
-while time.monotonic() < deadline and not ray.wait([group.ready()], timeout=0.1)[0]:
-    seen.add(autoscaler_activity())
-print("\\n".join(sorted(seen - {""})))
+Placement(load_config("default", ["learner.num_workers=8"]), timeout_s=120, report_every_s=0.2).close()
 """
 
 
@@ -132,11 +129,13 @@ def test_the_autoscaler_adds_the_node_the_run_waits_for(start_head, job_args, tm
     assert re.search(r"placement groups ready after \d+ s", said)
     assert f"step {STEPS}/{STEPS}" in said
     assert re.search(r"1 ray\.worker\.cpu", head.status()), head.status()
-    # what the wait reports say of the autoscaler while a node is coming: a second node, asked for by another driver
+    # what the wait reports say of the autoscaler while a node is coming: a second node, for another driver
     watch = subprocess.run([sys.executable, "-c", WATCH_A_LAUNCH], env={**head.env, "RAY_ADDRESS": head.gcs},
                            capture_output=True, text=True, timeout=300)
-    assert "the autoscaler is launching 1 x ray.worker.cpu" in watch.stdout.splitlines(), \
+    waits = [line for line in watch.stderr.splitlines() if line.startswith("waiting for resources: ")]
+    assert any(line.endswith("; the autoscaler is launching 1 x ray.worker.cpu)") for line in waits), \
         watch.stdout[-2000:] + watch.stderr[-2000:]
+    assert re.search(r"^placement groups ready after \d+ s$", watch.stderr, flags=re.M), watch.stderr[-2000:]
     if "rows" in static_rows:
         _same_metrics(static_rows["rows"], _metrics(out))
     else:

@@ -65,7 +65,8 @@ def test_the_launchers_bootstrap_config_is_read_on_a_head_without_other_sources(
     found = read_cluster_capacity()
     assert found.most == {"CPU": 8.0, "GPU": 0.0}
     assert found.source == f"the cluster launcher's bootstrap config: {tmp_path / 'ray_bootstrap_config.yaml'}"
-    assert read_cluster_capacity(autoscaling=False).most is None  # the override wins
+    assert read_cluster_capacity(autoscaling=False).line() == \
+        "cluster: no autoscaler found (cluster.autoscaling=false): the run must fit the nodes there are"
     assert read_cluster_capacity(autoscaling=True).line() == \
         "cluster: can grow to unbounded CPUs, unbounded GPUs (cluster.autoscaling=true)"
 
