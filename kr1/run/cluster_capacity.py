@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,10 @@ def capacity_from_autoscaling_config(config: dict[str, Any], source: str) -> Clu
             continue
         left = INF if cap is None else int(cap)
         # the largest nodes first, as many as the global cap lets in
-        for spec in sorted(workers, key=lambda spec: -float(spec["resources"].get(kind, 0) or 0)):
-            count = min(int(spec["max_workers"]), left)
-            total, left = total + count * float(spec["resources"].get(kind, 0) or 0), left - count
+        for size, count in sorted(((float(spec["resources"].get(kind, 0) or 0), int(spec["max_workers"]))
+                                   for spec in workers), reverse=True):
+            taken = min(count, left)
+            total, left = total + taken * size, left - taken
         most[kind] = total
     return ClusterCapacity(most, source)
 
@@ -159,21 +161,19 @@ def autoscaler_activity() -> str:
         from ray.experimental.internal_kv import _internal_kv_get
 
         status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        if status:  # the v1 autoscaler
+        if status:  # the v1 autoscaler: launches by type, and nodes as [ip, type, status]
             report = json.loads(status).get("autoscaler_report") or {}
-            launching = dict(report.get("pending_launches") or {})
-            for node in report.get("pending_nodes") or []:
-                launching[node[1]] = launching.get(node[1], 0) + 1
+            launching = Counter(report.get("pending_launches") or {})
+            launching.update(node[1] for node in report.get("pending_nodes") or [])
         else:  # the v2 autoscaler
             import ray
             from ray.autoscaler.v2.sdk import get_cluster_status
 
             cluster = get_cluster_status(ray.get_runtime_context().gcs_address)
-            launching = {}
+            launching = Counter()
             for req in cluster.pending_launches:
-                launching[req.ray_node_type_name] = launching.get(req.ray_node_type_name, 0) + req.count
-            for node in cluster.pending_nodes:
-                launching[node.ray_node_type_name] = launching.get(node.ray_node_type_name, 0) + 1
+                launching[req.ray_node_type_name] += req.count
+            launching.update(node.ray_node_type_name for node in cluster.pending_nodes)
     except Exception:  # a status Ray changed: the wait report goes on without it
         return ""
     return ("the autoscaler is launching " + ", ".join(f"{n} x {t}" for t, n in sorted(launching.items()))

@@ -24,8 +24,8 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from kr1.config import Config
-from kr1.run.cluster_capacity import ClusterCapacity, autoscaler_activity, read_cluster_capacity
 from kr1.errors import UserError
+from kr1.run.cluster_capacity import autoscaler_activity, read_cluster_capacity
 
 # GPU shares when roles colocate on one device; they alternate, so the fractions only place them
 COLOCATED_SHARE = {"learner": 0.4, "engine": 0.4, "reference": 0.2}
@@ -98,7 +98,7 @@ def fit_problem(cfg: Config, offered: dict[str, float], most: dict[str, float] |
     return None
 
 
-def check_cluster_fits(cfg: Config) -> ClusterCapacity:
+def check_cluster_fits(cfg: Config) -> None:
     """Stop at once when the cluster can never hold the run; say what it can grow to, and that it will wait."""
     offered, capacity = ray.cluster_resources(), read_cluster_capacity(cfg.cluster.autoscaling)
     problem = fit_problem(cfg, offered, capacity.most)
@@ -108,7 +108,6 @@ def check_cluster_fits(cfg: Config) -> ClusterCapacity:
         print(capacity.line(), file=sys.stderr, flush=True)
     if fit_problem(cfg, offered, None):
         print("waiting for the autoscaler to add nodes for this run's placement groups", file=sys.stderr, flush=True)
-    return capacity
 
 
 class Placement:

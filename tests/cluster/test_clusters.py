@@ -39,7 +39,7 @@ def job_args(untrained_run_overrides):
 
 
 @pytest.fixture(scope="module")
-def static_rows(tmp_path_factory):
+def static_rows():
     """The metrics of the static cluster's run (stopped and resumed), for the autoscaled runs to equal."""
     return {}
 
