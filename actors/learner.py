@@ -183,8 +183,13 @@ class LearnerGroup:
         self.workers = [actor.options(name=self.names[r], **options[r], **env).remote(cfg, r, self.world_size,
                                                                                      model_path)
                         for r in range(self.world_size)]
-        addr, port = ray.get(self.workers[0].address.remote())
-        get_all([w.setup.remote(addr, port) for w in self.workers])
+        try:
+            addr, port = ray.get(self.workers[0].address.remote())
+            get_all([w.setup.remote(addr, port) for w in self.workers])
+        except BaseException:  # a rank that cannot start (its node lost, say) leaves no other rank behind
+            for worker in self.workers:  # no goodbye: a survivor may wait in a collective with the lost
+                ray.kill(worker)
+            raise
 
     def _parts(self, batch: TrainBatch) -> tuple[list[ray.ObjectRef], list[list[np.ndarray]], list[np.ndarray]]:
         """Slice the batch per rank (then `ray.put` each slice once) with each rank's micro-batch rows."""

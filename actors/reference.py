@@ -65,7 +65,12 @@ class ReferencePool:
             self.workers = [actor.options(name=self.names[i], **options[i], **learner_actor_env(cfg)).remote(
                 cfg, i, model_path)
                             for i in range(len(options))]
-            get_all([w.ready.remote() for w in self.workers])
+            try:
+                get_all([w.ready.remote() for w in self.workers])
+            except BaseException:  # a worker that cannot start leaves no other behind
+                for worker in self.workers:
+                    ray.kill(worker)
+                raise
         elif self.placement == "colocate" and learners is None:
             raise ValueError("reference.placement=colocate needs the learner group")
 

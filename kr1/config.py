@@ -212,7 +212,11 @@ class TrainerConfig:
     eval_closed_book: bool = True
     checkpoint_every: int = 10
     output_dir: str = "runs/default"
+    # the newest checkpoints of this run kept in output_dir/checkpoints (older ones of this run are deleted)
+    keep_checkpoints: int = 3
     resume: bool = False
+    # a fresh run in an output_dir that holds another run moves that run aside (to output_dir.previous-<time>)
+    overwrite: bool = False
     # resume although the run changes what is trained (model, data, reward, algorithm, ...) since the checkpoint
     resume_allow_changes: bool = False
     # a learner or reference worker that dies is rebuilt from the last checkpoint this often per run (0: the run ends)
@@ -301,7 +305,7 @@ POSITIVE = (
     "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
     "algorithm.max_sampling_rounds", "rollout.search_batch_size", "rollout.search_flush_ms",
     "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens", "algorithm.behaviour_clip",
-    "cluster.placement_timeout_s",
+    "cluster.placement_timeout_s", "trainer.keep_checkpoints",
 )
 
 
@@ -349,6 +353,13 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"bad value for '{key}': {value!r} (must be positive)")
     if cfg.algorithm.max_staleness < 0:
         raise ConfigError(f"bad value for 'algorithm.max_staleness': {cfg.algorithm.max_staleness!r} (0 or more)")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"bad value for 'rollout.top_p': {cfg.rollout.top_p!r} (a probability mass in (0, 1])")
+    if cfg.learner.weight_sync != "object_store" and cfg.rollout.backend != "vllm":  # vLLM's transfer engines
+        raise ConfigError(f"learner.weight_sync={cfg.learner.weight_sync} needs rollout.backend=vllm (it is "
+                          f"{cfg.rollout.backend}): set learner.weight_sync=object_store")
+    if cfg.trainer.resume and cfg.trainer.overwrite:  # resume continues the run that overwrite would move aside
+        raise ConfigError("trainer.resume=true and trainer.overwrite=true contradict: choose one")
     if cfg.trainer.mode == "async" and cfg.cluster.colocate:  # colocated engines sleep while the learner trains
         raise ConfigError("trainer.mode=async needs the engines on their own GPUs: set cluster.colocate=false")
 
@@ -361,6 +372,8 @@ def load_config(name_or_path: str = "default", overrides: Sequence[str] = ()) ->
         layer = OmegaConf.load(path)
     except Exception as e:  # YAML syntax errors carry multi-line context
         raise ConfigError(f"{path}: cannot parse YAML: {str(e).splitlines()[0]}") from None
+    if not OmegaConf.is_dict(layer):  # a YAML list: OmegaConf's merge would raise a bare TypeError
+        raise ConfigError(f"{path}: holds a list, not a mapping of config sections (learner:, rollout:, ...)")
     merged = _merge(merged, layer, str(path))
     for item in overrides:
         if "=" not in item:

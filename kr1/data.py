@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -30,6 +31,10 @@ QUESTION_TYPES = ("compositional", "comparison", "inference", "bridge_comparison
 
 class DataError(UserError, ValueError):
     """A dataset or corpus file that cannot be used (one-line message naming file, row, field)."""
+
+
+# what reading a `.gz` file that is not gzip (or is cut short, or corrupt) raises
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
 @dataclass
@@ -130,20 +135,29 @@ def validate_questions(numbered_rows: Iterable[tuple[int, Any]], origin: str,
     return records
 
 
-def _open_text(path: Path) -> Any:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def not_utf8(e: UnicodeDecodeError) -> str:
+    """What is wrong with a line that is not UTF-8, for a message naming its file and row."""
+    return f"not valid UTF-8 ({e.reason} at byte {e.start + 1} of the line)"
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line."""
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: row {number}: not valid JSON ({e.msg})") from None
+    """(line number, parsed object) for each non-blank line; lines end at "\n", as the index build splits them."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}: row {number}: {not_utf8(e)}") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: row {number}: not valid JSON ({e.msg})") from None
+                yield number, row
+    except GZIP_ERRORS as e:
+        raise DataError(f"{path}: not a readable gzip file ({e})") from None
 
 
 def load_questions(path: str | Path) -> list[QARecord]:

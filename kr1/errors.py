@@ -94,10 +94,12 @@ def _os_error(e: BaseException) -> OSError | None:
 
 
 def run_cli(main: Callable[[], None]) -> None:
-    """Call `main`; report a user error (or a missing file) as `error: <message>` and exit 2."""
+    """Call `main`; report a user error as `error: <message>` and exit 2. Any other exception, a
+    FileNotFoundError included, is a bug and keeps its traceback: a path the user gave is checked
+    where it is opened, and a missing one raised there as a UserError naming it."""
     try:
         main()
-    except (UserError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except StopRequested:  # 128 + SIGTERM, as a process that SIGTERM ended reports

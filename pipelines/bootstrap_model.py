@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from kr1.atomic_write import atomic_directory
-from kr1.data import load_questions
-from kr1.errors import run_cli
+from kr1.data import DataError, load_questions
+from kr1.errors import UserError, run_cli
 from kr1.retrieval.scoring import search_index
 from kr1.rollout.protocol import INVALID_FEEDBACK, PROMPT_TEMPLATES, PROTOCOL_TAGS, THINK_CLOSE, THINK_OPEN
 from kr1.training.warm_start import MaskedSequence, gold_trajectory, multihop_trajectory, train_sft
@@ -178,15 +178,15 @@ def bootstrap(world: Path, out: Path, seed: int = 0, size: str = "small", vocab_
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r} (choose from {', '.join(MODEL_SIZES)})")
     if not (world / "corpus.jsonl").is_file():
-        raise FileNotFoundError(f"{world}: no corpus.jsonl (generate it with python -m pipelines.synthetic_world)")
+        raise DataError(f"{world}: no corpus.jsonl (generate it with python -m pipelines.synthetic_world)")
     if sft_steps > 0 and index is None:
-        raise ValueError("the warm start reads passages through an index: pass --index")
+        raise UserError("the warm start reads passages through an index: pass --index")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar covers the warm start; saving needs none
     sft_world = sft_world or world
     if not (sft_world / "train.jsonl").is_file():
-        raise FileNotFoundError(f"{sft_world}: no train.jsonl (generate it with python -m pipelines.synthetic_world)")
+        raise DataError(f"{sft_world}: no train.jsonl (generate it with python -m pipelines.synthetic_world)")
     tokenizer = train_tokenizer(world_texts(sft_world), vocab_size)  # the texts the model trains on
     model = build_model(tokenizer, size, seed)
     if sft_steps > 0:
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="share of warm-start examples that are multi-hop demonstrations on training questions")
     args = parser.parse_args(argv)
     if not 0.0 <= args.multihop_fraction < 1.0:
-        raise ValueError(f"--multihop-fraction must be in [0, 1), got {args.multihop_fraction}")
+        raise UserError(f"--multihop-fraction must be in [0, 1), got {args.multihop_fraction}")
     bootstrap(args.world, args.out, args.seed, args.size, args.vocab_size, args.index, args.sft_steps,
               follow_fraction=args.follow_fraction, multihop_fraction=args.multihop_fraction, lr=args.lr,
               sft_world=args.sft_world)

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from kr1.atomic_write import atomic_directory, write_json
 from kr1.cluster import ensure_ray
-from kr1.data import DataError, iter_corpus
-from kr1.errors import run_cli
+from kr1.data import GZIP_ERRORS, DataError, iter_corpus
+from kr1.errors import UserError, run_cli
 from kr1.retrieval.chunked_build import (PASS1_BYTES_PER_CORPUS_BYTE, WRITER_BYTES_PER_POSTING, ChunkRun,
                                          CorpusChunk, GlobalVocabulary, corpus_chunks, group_chunks, id_hash,
                                          merge_vocabularies, peak_rss, tokenize_chunk, write_shard)
@@ -58,6 +58,10 @@ def _write(index_dir: str, shard: int, runs: list[ChunkRun], vocab: GlobalVocabu
     return peak_rss()
 
 
+class BuildError(UserError, ValueError):
+    """A build that cannot run as asked: a shard count or memory budget the corpus or the cluster cannot meet."""
+
+
 def _wait_all(refs: list[ray.ObjectRef], bar: tqdm) -> list:
     pending = list(refs)
     while pending:
@@ -72,8 +76,18 @@ def _plain_corpus(corpus: Path, work: Path) -> Path:
         return corpus
     plain = work / corpus.name.removesuffix(".gz")
     with gzip.open(corpus, "rb") as source, open(plain, "wb") as out:
-        shutil.copyfileobj(source, out, 1 << 20)
+        try:
+            shutil.copyfileobj(source, out, 1 << 20)
+        except GZIP_ERRORS as e:  # cut short or corrupt past its header
+            raise DataError(f"{corpus}: not a readable gzip file ({e})") from None
     return plain
+
+
+def _check_gzip_header(corpus: Path) -> None:
+    """A `.gz` corpus that is not gzip at all fails here, before Ray starts and anything is written."""
+    with open(corpus, "rb") as handle:
+        if corpus.suffix == ".gz" and handle.read(2) != b"\x1f\x8b":
+            raise DataError(f"{corpus}: not a gzip file, though its name ends in .gz")
 
 
 def _check_rows(runs: Sequence[ChunkRun], corpus: Path, source: Path) -> None:
@@ -106,12 +120,13 @@ def build_index(corpus: str | Path, out: str | Path, num_shards: int, k1: float 
     if not corpus.is_file():
         raise DataError(f"{corpus}: corpus file not found")
     if num_shards < 1:
-        raise ValueError(f"number of shards must be at least 1, got {num_shards}")
+        raise BuildError(f"number of shards must be at least 1, got {num_shards}")
+    _check_gzip_header(corpus)
     start = time.perf_counter()
     ensure_ray()
     largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"]), default=0)
     if memory_budget > largest:  # Ray would wait for a node that can hold a task, forever
-        raise ValueError(f"--memory-budget {memory_budget / 2**30:.2f} GiB is more than any Ray node offers "
+        raise BuildError(f"--memory-budget {memory_budget / 2**30:.2f} GiB is more than any Ray node offers "
                          f"({largest / 2**30:.2f} GiB): give a smaller one")
     with atomic_directory(Path(out)) as tmp:
         work = tmp / "_build"  # the chunks' runs: removed before the index appears
@@ -122,6 +137,11 @@ def build_index(corpus: str | Path, out: str | Path, num_shards: int, k1: float 
         balanced = max(MIN_CHUNK_BYTES, -(-size // (CHUNKS_PER_SHARD * num_shards)))
         chunk_bytes = max(1, min(memory_budget // PASS1_BYTES_PER_CORPUS_BYTE, balanced, -(-size // num_shards)))
         chunks = corpus_chunks(source, chunk_bytes)
+        if not chunks:
+            raise DataError(f"{corpus}: corpus is empty")
+        if len(chunks) < num_shards:  # each shard needs a chunk: refused now, not after a task per line
+            raise BuildError(f"{corpus}: {num_shards} shards, but its lines split into only {len(chunks)} chunks "
+                             f"(a shard needs at least one): use fewer shards (at most {len(chunks)})")
         task = {"memory": memory_budget}  # Ray starts no more of them at once than the node's memory holds
         with tqdm(total=len(chunks) + num_shards, desc="build_index", unit="task", disable=not progress) as bar:
             tokenized = _wait_all([_tokenize.options(**task).remote(str(source), c, spec, str(work))
@@ -129,7 +149,10 @@ def build_index(corpus: str | Path, out: str | Path, num_shards: int, k1: float 
             runs = [run for run, _ in tokenized]
             _check_rows(runs, corpus, source)
             num_docs = sum(r.num_docs for r in runs)
-            groups = group_chunks([r.num_docs for r in runs], num_shards)
+            try:
+                groups = group_chunks([r.num_docs for r in runs], num_shards)
+            except ValueError as e:  # more shards than the corpus has documents, or chunks
+                raise BuildError(f"{corpus}: {e}") from None
             vocab = merge_vocabularies(runs, work)
             vocab_ref = ray.put(vocab)  # the object store holds this alone: the idf array and a path
             block = max(1, memory_budget // WRITER_BYTES_PER_POSTING)

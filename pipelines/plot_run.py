@@ -17,7 +17,7 @@ import fnmatch
 from pathlib import Path
 from typing import Sequence
 
-from kr1.errors import run_cli
+from kr1.errors import UserError, run_cli
 
 # (panel title, tag patterns): each matching tag is one line of the panel
 PANELS = [
@@ -74,9 +74,11 @@ def plot(run: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not (run / "tensorboard").is_dir():
+        raise UserError(f"{run}: no tensorboard directory (give --run a kr1 run's trainer.output_dir)")
     scalars = read_scalars(run)
     if not scalars:
-        raise FileNotFoundError(f"{run / 'tensorboard'}: no kr1 scalars to plot")
+        raise UserError(f"{run / 'tensorboard'}: no kr1 scalars to plot")
     cols = (len(PANELS) + 1) // 2
     fig, axes = plt.subplots(2, cols, figsize=(4.6 * cols, 7.0))
     for ax, (title, patterns) in zip(axes.flat, PANELS):

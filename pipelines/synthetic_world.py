@@ -7,7 +7,9 @@ Writes `corpus.jsonl` (id, title, text), `train.jsonl`, `dev.jsonl`, `test.jsonl
 `single_hop.jsonl` (one-passage questions about training entities, for warm-starting a
 model on the tag format), `single_hop_test.jsonl` (the same about test entities) and
 `manifest.json`. Every name is invented, so no model can answer without searching; the
-same seed always gives the same files.
+same seed always gives the same files. Names combine words of fixed inventories
+(`pipelines.world_names`), so a world holds at most MAX_PEOPLE (4,007) people; a larger
+`--people` is refused up front, in one line.
 
 The world is split by entity, not by question: people, films and organisations belong to
 one region (train, dev or test), every relation stays inside its region, and a split's
@@ -25,24 +27,17 @@ import argparse
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from kr1.atomic_write import atomic_directory, write_json, write_jsonl
 from kr1.data import Passage, QARecord, load_corpus
 from kr1.errors import run_cli
+from pipelines.world_names import (MAX_PEOPLE, MIN_PEOPLE, ORG_KINDS, REGION_SHARES, TITLE_NOUNS, NameMaker,
+                                   check_size, region_counts, region_sizes)
 
-ONSETS = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr",
-          "kr", "th", "tr", "st", "sh", "vel", "mor", "cal", "dor", "fen", "jor", "quil"]
-VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "io", "ou", "y"]
-CODAS = ["", "", "n", "r", "l", "s", "th", "rn", "nd", "x", "m", "sk"]
 OCCUPATIONS = ["architect", "painter", "composer", "novelist", "physicist", "sculptor", "engineer",
                "botanist", "poet", "cartographer", "chemist", "photographer"]
 GENRES = ["drama", "comedy", "thriller", "western", "musical", "documentary", "adventure", "mystery"]
-TITLE_NOUNS = ["Lantern", "Harbor", "Orchard", "Tower", "River", "Garden", "Mirror", "Bridge", "Winter",
-               "Voyage", "Crown", "Letter", "Island", "Shadow", "Bell", "Feather", "Gate", "Mask"]
-ORG_KINDS = ["Pictures", "Institute", "Records", "Foundation", "Company", "Society", "Works", "Academy"]
-# each region's share of the people (films and organisations follow them); a split's questions are its region's
-REGION_SHARES = {"train": 0.6, "dev": 0.2, "test": 0.2}
 # dev and test hold at most this many questions of each type, so every type is measured on a similar count
 HELD_OUT_PER_TYPE = 60
 # bump when the generated files change for the same seed, so caches keyed by it rebuild
@@ -101,47 +96,6 @@ class World:
                      inside(self.organisations))
 
 
-def _inventory(rng: random.Random, size: int, syllables: Sequence[int], taken: set[str], suffix: str = "") -> list[str]:
-    words: list[str] = []
-    while len(words) < size:
-        parts = [rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(rng.choice(syllables))]
-        word = ("".join(parts) + rng.choice(CODAS)).capitalize() + suffix
-        if word not in taken:
-            taken.add(word)
-            words.append(word)
-    return words
-
-
-def name_inventories() -> dict[str, list[str]]:
-    """The invented words every world builds its names from, the same for every seed: as real names reuse first
-    names, surnames and place names, a held-out person is a new combination of words a model has read before."""
-    rng, taken = random.Random("kr1 names"), set()
-    return {"first": _inventory(rng, 150, [2], taken), "family": _inventory(rng, 150, [2, 3], taken),
-            "title": _inventory(rng, 150, [2], taken), "org": _inventory(rng, 100, [2], taken),
-            "city": _inventory(rng, 200, [2, 3], taken), "country": _inventory(rng, 40, [2], taken, suffix="ia")}
-
-
-class NameMaker:
-    """Invented, pronounceable, globally unique entity names, combined from the shared inventories; `avoid`
-    holds names another world already gave its entities (a decoy or practice world of the same words)."""
-
-    def __init__(self, rng: random.Random, avoid: set[str] | None = None) -> None:
-        self.rng = rng
-        self.words = name_inventories()
-        self.used: set[str] = set(avoid or ())
-
-    def pick(self, kind: str) -> str:
-        return self.rng.choice(self.words[kind])
-
-    def unique(self, make: Any) -> str:
-        for _ in range(10_000):
-            name = make()
-            if name not in self.used:
-                self.used.add(name)
-                return name
-        raise RuntimeError("name space exhausted; use fewer entities")
-
-
 def build_world(seed: int, people: int, avoid: set[str] | None = None) -> World:
     """Entities and their relations, region by region; sizes of the other kinds scale with `people`."""
     rng = random.Random(seed)
@@ -152,14 +106,15 @@ def build_world(seed: int, people: int, avoid: set[str] | None = None) -> World:
     world.countries = rng.sample(countries, min(len(countries), max(8, people // 20)))
     for name in rng.sample(names.words["city"], min(len(names.words["city"]), max(8, people // 5))):
         world.cities[name] = City(name, rng.choice(world.countries), rng.randint(900, 1850))
-    for region, share in REGION_SHARES.items():
-        _populate(world, rng, names, region, max(10, round(people * share)))
+    for region, size in region_sizes(people).items():
+        _populate(world, rng, names, region, size)
     return world
 
 
 def _populate(world: World, rng: random.Random, names: NameMaker, region: str, people: int) -> None:
     """`people` people of one region, with their families, organisations and films."""
     city_names = list(world.cities)
+    counts = region_counts(people)
     members: list[Person] = []
     # parents are created before children so that fathers are always older
     for index in range(people):
@@ -184,14 +139,14 @@ def _populate(world: World, rng: random.Random, names: NameMaker, region: str, p
             a.spouse, b.spouse = b.name, a.name
     person_names = [p.name for p in members]
     studios = []
-    for _ in range(max(6, people // 5)):
+    for _ in range(counts["organisation"]):
         founder = world.people[rng.choice(person_names)]
         name = names.unique(lambda: f"{names.pick('org')} {rng.choice(ORG_KINDS)}")
         world.organisations[name] = Organisation(name, founder.birth_year + rng.randint(25, 50), founder.name,
                                                  rng.choice(city_names), region)
         studios.append(name)
     directors = rng.sample(person_names, k=max(4, people // 4))
-    for _ in range(max(10, people // 2)):
+    for _ in range(counts["film"]):
         director = world.people[rng.choice(directors)]
         title = names.unique(lambda: f"The {rng.choice(TITLE_NOUNS)} of {names.pick('title')}")
         world.films[title] = Film(title, director.birth_year + rng.randint(24, 60), director.name,
@@ -359,8 +314,7 @@ def region_questions(world: World, rng: random.Random) -> dict[str, list[QARecor
 def generate(out: Path, seed: int = 0, people: int = 500, avoid: Path | None = None) -> dict[str, Any]:
     """Write the world's files into `out` atomically; returns the manifest. `avoid`: another world's directory,
     none of whose people, films or organisations this world may name (a decoy or practice world)."""
-    if people < 20:
-        raise ValueError(f"--people must be at least 20, got {people}")
+    check_size(people, avoid)
     taken = {p.title for p in load_corpus(avoid / "corpus.jsonl")} if avoid is not None else None
     world = build_world(seed, people, taken)
     rng = random.Random(seed + 1)
@@ -387,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory to write (replaced atomically)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--people", type=int, default=500, help="world size; other entities scale with it")
+    parser.add_argument("--people", type=int, default=500,
+                        help=f"world size, {MIN_PEOPLE} to {MAX_PEOPLE:,}; other entities scale with it")
     parser.add_argument("--avoid", type=Path, help="another world whose people, films and organisations this one "
                                                     "may not name (a decoy or practice world beside it)")
     args = parser.parse_args(argv)

@@ -78,8 +78,10 @@ def _rank_bm25_search(passages: Sequence[Any], spec: Any) -> Callable[[Sequence[
 
 
 def retrieval_rows(corpus: Path, queries: Sequence[str], cache_dir: Path, rank_bm25_queries: int = 20,
-                   repeats: int = 3, progress: Callable[[str], None] = lambda s: None) -> list[Row]:
-    """Queries per second of each system on the same corpus and queries, as table rows."""
+                   repeats: int = 3, progress: Callable[[str], None] = lambda s: None,
+                   corpus_kind: str = "") -> list[Row]:
+    """Queries per second of each system on the same corpus and queries, as table rows; `corpus_kind` names the
+    corpus and its queries in the notes ("wiki-like")."""
     cores = os.cpu_count() or 1
     queries = list(queries)
     progress("retrieval: kr1 indexes")
@@ -110,7 +112,8 @@ def retrieval_rows(corpus: Path, queries: Sequence[str], cache_dir: Path, rank_b
     seconds, _ = best_time(lambda: rank_search(subset), 1)
     rank_qps = len(subset) / seconds
 
-    size = f"{len(passages):,} passages, {len(queries):,} queries, top-3"
+    kind = f"{corpus_kind} " if corpus_kind else ""
+    size = f"{len(passages):,} {kind}passages, {len(queries):,} {kind}queries, top-3"
     rows = [Row("retrieval", f"pool, {n} shard{'s' * (n > 1)} vs bm25s in-process", f"{qps:,.0f} q/s",
                 f"{bm25s_qps:,.0f} q/s", qps / bm25s_qps, ">= 0.8x", met(qps / bm25s_qps >= 0.8),
                 f"top-k equal to the 1-shard index: {'yes' if equal[n] else 'no'}; {size}; "

@@ -28,8 +28,9 @@ from kr1.rollout.episodes import RolloutSettings
 from kr1.run.loop import one_step, run_steps
 from kr1.run.run_logger import PhaseTimer
 from kr1.run.pools import start_retriever
+from kr1.run.rollout_queue import RolloutQueue
+from kr1.run.step_rollout import AsyncRollouts, StepRollout, SyncRollouts
 from kr1.run.training_run import TrainingRun
-from kr1.training.batch import TrainBatch
 
 Progress = Callable[[str], None]
 
@@ -131,17 +132,18 @@ def phase_times(overrides: Sequence[str], steps: int, repeats: int, progress: Pr
         run = TrainingRun(load_config("default", overrides), quiet=True)
         try:
             timer = PhaseTimer()
-            history = [one_step(run, step, timer) for step in range(steps)]
+            history = [one_step(run, step, timer)[0] for step in range(steps)]
             kept = history[1:] or history  # the first step also pays warm-ups
             times = {k: statistics.mean(h.get(k, 0.0) for h in kept)
                      for k in ("time/step", "time/rollout", "time/score_and_ref", "time/update", "time/sync_weights")}
             progress("overlap: phases of the same prompts, timed apart")
             rollouts, retrieval = [], []
             for step in range(steps):
-                seconds, episodes = _timed(lambda: run.rollout(step))
+                seconds, rollout = _timed(lambda: run.rollout(step))
                 rollouts.append(seconds)
-                retrieval.append(sum(e.search_seconds for e in episodes))
-            batch = TrainBatch.from_episodes(episodes, run.pad_id)
+                retrieval.append(sum(e.search_seconds for e in rollout.episodes))
+            episodes = StepRollout(rollout.episodes)  # scored by the scorer each time (not dynamic sampling's)
+            batch = run.train_batch(episodes)
 
             def overlapped_pass() -> Any:  # as the driver does it
                 pending = run.score(episodes)
@@ -162,7 +164,7 @@ def phase_times(overrides: Sequence[str], steps: int, repeats: int, progress: Pr
     times.update({"retrieval": statistics.mean(retrieval[use]), "replay_rollout": statistics.mean(rollouts[use]),
                   "reward": statistics.median(reward), "reference": statistics.median(reference),
                   "serial": statistics.median(serial), "overlapped": statistics.median(overlapped),
-                  "episodes": len(episodes), "steps_kept": len(kept),
+                  "episodes": len(episodes.episodes), "steps_kept": len(kept),
                   "agent_mode": float(run.cfg.rollout.mode == "agent"), "modes": modes,
                   "mode_steps": mode_steps})
     return times
@@ -180,11 +182,11 @@ def loop_mode_times(run: TrainingRun, first_step: int, steps: int,
     episodes = run.cfg.trainer.prompts_per_step * run.cfg.rollout.n_samples
     for name, mode, staleness in LOOP_MODES:
         progress(f"async: {steps} steps, {name}")
-        run.set_loop_mode(mode, staleness)
+        set_loop_mode(run, mode, staleness)
         walls, learner_idle, engine_idle = [], [], []
         for i in range(steps + 1):
             began = time.perf_counter()
-            m = one_step(run, step, timer)
+            m, _ = one_step(run, step, timer)
             wall, step = time.perf_counter() - began, step + 1
             if i == 0:
                 continue
@@ -198,6 +200,18 @@ def loop_mode_times(run: TrainingRun, first_step: int, steps: int,
         out[name] = {"wall": statistics.mean(walls), "episodes": float(episodes),
                      "learner_idle": statistics.mean(learner_idle), "engine_idle": statistics.mean(engine_idle)}
     return out
+
+
+def set_loop_mode(run: TrainingRun, mode: str, max_staleness: int = 1) -> None:
+    """Switch a started run between sync and async steps (the async benchmark runs both on one set of pools);
+    rollouts already queued stay, within the new bound."""
+    if mode == "sync":
+        run.rollouts = SyncRollouts(run.engines, run.loader, run.cfg)
+    elif isinstance(run.rollouts, AsyncRollouts):
+        run.rollouts.queue.depth = max_staleness
+    else:
+        queue = RolloutQueue(run.start_rollout, max_staleness, run.cfg.trainer.prompts_per_step)
+        run.rollouts = AsyncRollouts(queue, run.cfg.trainer.total_steps)
 
 
 def step_rows(t: dict[str, float]) -> list[Row]:

@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from kr1.data import DataError, passage_from_row
+from kr1.data import DataError, not_utf8, passage_from_row
 from kr1.retrieval.index import TokenizerSpec, shard_dir
 
 # rows tokenised together: large enough for bm25s's batch speed, small enough to keep the token lists small
@@ -87,8 +87,8 @@ def corpus_chunks(path: str | Path, chunk_bytes: int) -> list[CorpusChunk]:
     return [CorpusChunk(i, a, b) for i, (a, b) in enumerate(zip(edges, edges[1:])) if b > a]
 
 
-def _rows(path: str | Path, chunk: CorpusChunk) -> Iterator[tuple[int, str]]:
-    """(line number within the chunk, line) for each line of the byte range."""
+def _rows(path: str | Path, chunk: CorpusChunk) -> Iterator[tuple[int, bytes]]:
+    """(line number within the chunk, line as bytes) for each line of the byte range."""
     with open(path, "rb") as handle:
         handle.seek(chunk.start)
         position, number = chunk.start, 0
@@ -98,7 +98,7 @@ def _rows(path: str | Path, chunk: CorpusChunk) -> Iterator[tuple[int, str]]:
                 return
             position += len(raw)
             number += 1
-            yield number, raw.decode("utf-8", errors="replace")
+            yield number, raw
 
 
 def id_hash(passage_id: str) -> int:
@@ -134,7 +134,11 @@ def tokenize_chunk(corpus: str | Path, chunk: CorpusChunk, spec: TokenizerSpec, 
         batch.clear()
 
     with open(out / "passages.jsonl", "w", encoding="utf-8") as store:
-        for lines, line in _rows(corpus, chunk):
+        for lines, raw in _rows(corpus, chunk):
+            try:  # strictly, as kr1.data reads a corpus: a passage is never indexed with replaced characters
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return ChunkRun(chunk, str(out), lines, 0, 0, 0, not_utf8(e), lines)
             if not line.strip():
                 continue
             try:
@@ -146,8 +150,13 @@ def tokenize_chunk(corpus: str | Path, chunk: CorpusChunk, spec: TokenizerSpec, 
             except DataError as e:  # the message names the row once the driver knows its number in the file
                 return ChunkRun(chunk, str(out), lines, 0, 0, 0, str(e).removeprefix(": "), lines)
             stored = json.dumps(passage.to_row(), ensure_ascii=False, separators=(",", ":")) + "\n"
+            try:
+                encoded = stored.encode("utf-8")
+            except UnicodeEncodeError as e:  # an escaped half of a surrogate pair ("\ud83d"): no UTF-8 text holds it
+                return ChunkRun(chunk, str(out), lines, 0, 0, 0,
+                                f"holds the lone surrogate {stored[e.start:e.end]!r}, which UTF-8 cannot store", lines)
             offsets.append(written)
-            written += len(stored.encode("utf-8"))
+            written += len(encoded)
             store.write(stored)
             hashes.append(id_hash(passage.id))
             batch.append(passage.contents)

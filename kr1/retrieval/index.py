@@ -111,20 +111,59 @@ def shard_dir(index_dir: str | Path, shard: int) -> Path:
     return Path(index_dir) / f"shard_{shard:03d}"
 
 
+# a shard's score matrix (CSC) as bm25s saves it, and the JSON files beside it
+SCORE_ARRAYS = ("data", "indices", "indptr")
+SHARD_JSON = ("params.index.json", "vocab.index.json", "corpus.mmindex.json")
+
+
+def _reason(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def load_array(path: Path) -> np.ndarray:
+    """A memory-mapped .npy file of an index; a truncated or damaged one is a BM25IndexError naming it."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise BM25IndexError(f"{path}: unreadable ({_reason(e)}); the index is damaged, rebuild it") from None
+
+
+def check_score_arrays(path: Path) -> np.ndarray:
+    """The shard's score arrays readable and of one matrix (data and indices as long as indptr says): its indptr.
+    Reads file headers and the last entry of indptr."""
+    data, indices, indptr = (load_array(path / f"{name}.csc.index.npy") for name in SCORE_ARRAYS)
+    postings = int(indptr[-1]) if len(indptr) else 0
+    for name, array in (("data", data), ("indices", indices)):
+        if array.shape != (postings,):
+            raise BM25IndexError(f"{path / f'{name}.csc.index.npy'}: shape {array.shape}, indptr says ({postings},); "
+                                 "the index is damaged, rebuild it")
+    return indptr
+
+
+def unreadable_shard(path: Path, error: BaseException) -> BM25IndexError:
+    """The error for a shard that bm25s could not load, naming the file at fault where one is found."""
+    for name in SHARD_JSON:
+        try:
+            json.loads((path / name).read_bytes())
+        except (OSError, ValueError) as e:
+            return BM25IndexError(f"{path / name}: unreadable ({_reason(e)}); the index is damaged, rebuild it")
+    return BM25IndexError(f"{path}: unreadable shard ({_reason(error)}); the index is damaged, rebuild it")
+
+
 def check_index(index_dir: str | Path, num_shards: int | None = None) -> IndexManifest:
     """The manifest, once the index is known to be usable: the shard count asked for, every shard
     present, and each shard's vocabulary the manifest's (a shard from another build, with other
-    tokenizer settings or another corpus, has another one). Reads no more than file headers."""
+    tokenizer settings or another corpus, has another one), and its score arrays readable. Reads no more
+    than file headers and one entry of each shard's indptr."""
     manifest = IndexManifest.load(index_dir)
     if num_shards is not None and num_shards != manifest.num_shards:
         raise BM25IndexError(f"{index_dir}: index has {manifest.num_shards} shards but retriever.num_shards="
                              f"{num_shards}; rebuild the index or set retriever.num_shards={manifest.num_shards}")
     for shard in range(manifest.num_shards):
         path = shard_dir(index_dir, shard)
-        indptr = path / "indptr.csc.index.npy"
-        if not (path / "params.index.json").is_file() or not indptr.is_file():
+        if not (path / "params.index.json").is_file() or not (path / "indptr.csc.index.npy").is_file():
             raise BM25IndexError(f"{path}: shard files missing; the index is incomplete, rebuild it")
-        terms = np.load(indptr, mmap_mode="r").shape[0] - 1  # the score matrix has one column per term
+        terms = check_score_arrays(path).shape[0] - 1  # the score matrix has one column per term
         if terms != manifest.vocab_size:
             raise BM25IndexError(f"{path}: {terms} terms, manifest says {manifest.vocab_size}; the shard comes "
                                  f"from another build (corpus or tokenizer settings), rebuild the index")

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from kr1.retrieval.hits import Hit, merge_hits
-from kr1.retrieval.index import BM25IndexError, IndexManifest, shard_dir
+from kr1.retrieval.index import BM25IndexError, IndexManifest, check_score_arrays, shard_dir, unreadable_shard
 
 # a dense scan wins only while the score buffer stays in a core's L2 cache (1 MiB of float32): at 115k
 # documents it is 1.4x faster than tracking touched documents, at 500k 3.3x slower, at 4M 2.9x slower
@@ -137,7 +137,11 @@ class ShardSearcher:
             raise BM25IndexError(f"{path}: shard files missing; the index is incomplete, rebuild it")
         if backend not in ("numba", "numpy"):
             raise ValueError(f"unknown retriever backend {backend!r} (numba or numpy)")
-        self.model = bm25s.BM25.load(path, mmap=mmap, load_corpus=True, show_progress=False)
+        check_score_arrays(path)  # a truncated array is named here, not by a numpy error inside bm25s
+        try:
+            self.model = bm25s.BM25.load(path, mmap=mmap, load_corpus=True, show_progress=False)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise unreadable_shard(path, e) from None
         if isinstance(getattr(self.model.corpus, "mmindex", None), list):  # line offsets: 8 bytes each, not 36
             self.model.corpus.mmindex = np.asarray(self.model.corpus.mmindex, dtype=np.int64)
         self.offset = manifest.shard_offsets[shard]

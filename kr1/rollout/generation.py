@@ -20,6 +20,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import torch
 
+from kr1.errors import UserError
 from kr1.rollout.protocol import STOP_STRINGS
 
 
@@ -182,9 +183,9 @@ def resolve_model_files(path: str, gguf_file: str | None) -> dict[str, Any]:
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
         if Path(path).is_dir() and not (Path(path) / gguf_file).is_file():
-            raise FileNotFoundError(f"model.gguf_file {gguf_file!r} not found in {path}")
+            raise UserError(f"model.gguf_file {gguf_file!r} not found in {path}")
     if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(f"model path {path!r} does not exist (and HF_HUB_OFFLINE=1 rules out the hub)")
+        raise UserError(f"model path {path!r} does not exist (and HF_HUB_OFFLINE=1 rules out the hub)")
     return kwargs
 
 

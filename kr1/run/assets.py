@@ -179,15 +179,47 @@ def resolve_assets(cfg: Config, progress: bool = True, decoy: bool = False) -> A
                 raise DataError(f"{path}: question file for split {split!r} not found")
     check_index(index, cfg.retriever.num_shards)  # a mismatched index fails here, before any actor starts
     if cfg.model.path:
-        model = resolve_model_path(cfg.model.path)
+        model = resolve_model_path(cfg.model.path, cfg.model.gguf_file)
     return Assets(paths, index, model, _decoy_index(cfg, own_world, progress) if decoy else None)
 
 
-def resolve_model_path(path: str) -> str:
-    """A local model directory (checked now, not inside an actor later) or a hub id."""
+def resolve_model_path(path: str, gguf_file: str | None = None, key: str = "model.path") -> str:
+    """A local model directory or a hub id, checked now (its config and tokenizer load), not inside an actor
+    after the run directory is written; `key` is what the message calls it."""
     local = expand_path(path)
     if local.exists():
+        if not local.is_dir():
+            raise ConfigError(f"{key} {local} is a file, not a model directory")
+        if gguf_file:  # the weights and tokenizer are in the GGUF file: the actors load it
+            if not (local / gguf_file).is_file():
+                raise ConfigError(f"model.gguf_file {gguf_file!r} not found in {key} {local}")
+            return str(local)
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"{key} {local} holds no config.json: not a Hugging Face model directory")
+        _check_loads(str(local), f"{key} {local}")
         return str(local)
-    if HUB_ID.fullmatch(path):
-        return path
-    raise ConfigError(f"model.path {path} does not exist (and is not a hub id like Qwen/Qwen2.5-1.5B-Instruct)")
+    if not HUB_ID.fullmatch(path):
+        raise ConfigError(f"{key} {path} does not exist (and is not a hub id like Qwen/Qwen2.5-1.5B-Instruct)")
+    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+
+    if is_offline_mode() and not isinstance(try_to_load_from_cache(path, gguf_file or "config.json"), str):
+        raise ConfigError(f"{key} {path} is not in the local hub cache ({constants.HF_HUB_CACHE}) and the hub is "
+                          f"offline (HF_HUB_OFFLINE=1): download it first (hf download {path}) or give a directory")
+    if not gguf_file:
+        _check_loads(path, f"{key} {path}")
+    return path
+
+
+def _check_loads(model: str, what: str) -> None:
+    """The model's config and tokenizer load (from the hub cache or the hub, for a hub id), or a one-line error."""
+    from transformers import AutoConfig, AutoTokenizer  # 3 s of imports: here, once the other inputs are checked
+
+    loaded = {}
+    for part, load in (("config.json", AutoConfig.from_pretrained), ("tokenizer", AutoTokenizer.from_pretrained)):
+        try:
+            loaded[part] = load(model)
+        except Exception as e:  # noqa: BLE001 (transformers raises OSError, ValueError, KeyError, ... per cause)
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise ConfigError(f"{what}: its {part} does not load ({reason})") from None
+    if len(loaded["tokenizer"]) < 2:  # transformers makes an empty tokenizer where the files are missing
+        raise ConfigError(f"{what}: holds no tokenizer (no tokenizer.json or vocabulary files)")

@@ -11,7 +11,9 @@ Ray keeps the answer in different places on different clusters; they are tried i
 3. the launcher's bootstrap config in the home directory, where the autoscaler's process is not visible;
 4. on a KubeRay head (RAY_CLUSTER_NAME set by the operator), the RayCluster resource, read as Ray's own KubeRay
    autoscaler reads it.
-None found: no autoscaler, the cluster is what it is now.
+None found: no autoscaler, the cluster is what it is now. A source that is there but cannot be read (a malformed
+config file, a Ray whose private API moved, a RayCluster the head may not read) is not taken as absent: the capacity
+line and a refusal name it and its error, so that "no autoscaler" is never a guess.
 """
 
 from __future__ import annotations
@@ -38,12 +40,19 @@ class ClusterCapacity:
 
     most: dict[str, float] | None
     source: str
+    unreadable: tuple[str, ...] = ()  # sources found but not read, each with its error
+
+    @property
+    def where(self) -> str:
+        """Where the answer came from, and every source that was there but could not be read."""
+        return self.source + "".join(f"; could not read {u}" for u in self.unreadable)
 
     def line(self) -> str:
         if self.most is None:
-            return f"cluster: no autoscaler found ({self.source}): the run must fit the nodes there are"
+            found = "no readable autoscaler config" if self.unreadable else "no autoscaler found"
+            return f"cluster: {found} ({self.where}): the run must fit the nodes there are"
         size = ", ".join(f"{_count(self.most.get(k, 0.0))} {k}s" for k in KINDS)
-        return f"cluster: can grow to {size} ({self.source})"
+        return f"cluster: can grow to {size} ({self.where})"
 
 
 def _count(x: float) -> str:
@@ -111,11 +120,25 @@ def _monitor_config_path() -> Path | None:
     return None
 
 
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+class UnreadableSource(Exception):
+    """A source that is there but cannot be read; the message names the file."""
+
+
 def _config_file(path: Path, source: str) -> ClusterCapacity | None:
+    """The capacity an autoscaling config file allows; None where there is no such file."""
     if not path.is_file():
         return None
-    config = yaml.safe_load(path.read_text())
-    return capacity_from_autoscaling_config(config, f"{source}: {path}") if isinstance(config, dict) else None
+    try:
+        config = yaml.safe_load(path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"holds a {type(config).__name__}, not an autoscaling config")
+        return capacity_from_autoscaling_config(config, f"{source}: {path}")
+    except Exception as e:  # noqa: BLE001 (unreadable, not YAML, or not the schema: each named with the file)
+        raise UnreadableSource(f"{path}: {_error(e)}") from e
 
 
 def _kuberay() -> ClusterCapacity | None:
@@ -135,20 +158,29 @@ def read_cluster_capacity(autoscaling: bool | None = None) -> ClusterCapacity:
     if autoscaling:
         return ClusterCapacity({k: INF for k in KINDS}, "cluster.autoscaling=true")
 
+    head = "the autoscaling config the head was started with"
+    bootstrap = "the cluster launcher's bootstrap config"
+
     def head_config() -> ClusterCapacity | None:
         path = _monitor_config_path()
-        return _config_file(path, "the autoscaling config the head was started with") if path else None
+        return _config_file(path, head) if path else None
 
-    readers = (_gcs_cluster_config, head_config,
-               lambda: _config_file(BOOTSTRAP_CONFIG.expanduser(), "the cluster launcher's bootstrap config"),
-               _kuberay)
-    for reader in readers:
+    # each reader returns None where its source is absent; what it raises is a source there that cannot be read
+    readers = (("the cluster config in the GCS", _gcs_cluster_config), (head, head_config),
+               (bootstrap, lambda: _config_file(BOOTSTRAP_CONFIG.expanduser(), bootstrap)),
+               ("the KubeRay RayCluster", _kuberay))
+    unreadable: list[str] = []
+    for name, reader in readers:
         try:
             found = reader()
-        except Exception:  # a source Ray moved or a file it cannot read: the next source decides
-            found = None
+        except Exception as e:  # noqa: BLE001 (YAML, Ray's private API, Kubernetes' HTTP: named, not guessed)
+            unreadable.append(f"{name} ({e if isinstance(e, UnreadableSource) else _error(e)})")
+            continue
         if found is not None:
-            return found
+            return ClusterCapacity(found.most, found.source, tuple(unreadable))
+    if unreadable:
+        return ClusterCapacity(None, "whether this cluster autoscales is unknown: cluster.autoscaling=true if it does, "
+                                     "false if not", tuple(unreadable))
     return ClusterCapacity(None, "no autoscaler config in the GCS, on the head, or in a KubeRay RayCluster; "
                                  "cluster.autoscaling=true if this cluster autoscales")
 

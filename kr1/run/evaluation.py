@@ -162,7 +162,7 @@ def evaluate_benchmarks(cfg: Config, benchmark_dir: str | Path, names: Sequence[
     all; a ModelEvaluation per (model, benchmark), in model then benchmark order."""
     groups = {name: load_questions(path)[:limit] for name, path in benchmark_paths(benchmark_dir, names).items()}
     assets = resolve_assets(cfg)
-    paths = [resolve_model_path(m) for m in models] or [assets.model_path]
+    paths = [resolve_model_path(m, cfg.model.gguf_file, key="--models") for m in models] or [assets.model_path]
     ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host)
     retriever = start_retriever(cfg.retriever, assets.index_dir)
     results = []

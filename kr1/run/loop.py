@@ -19,6 +19,7 @@ import ray
 
 from kr1.config import Config
 from kr1.run.run_logger import PhaseTimer
+from kr1.run.run_state import recover
 from kr1.run.training_run import TrainingRun
 from pipelines.plot_run import plot
 
@@ -44,13 +45,14 @@ def run_steps(run: TrainingRun, quiet: bool = False) -> list[dict[str, float]]:
     step = run.start_step
     while step < run.cfg.trainer.total_steps:
         try:
-            history.append(one_step(run, step, timer))
+            metrics, stop = one_step(run, step, timer)
+            history.append(metrics)
             step += 1
-            if run.stop_reason:  # trainer.stop_on_collapse: the step was checkpointed
-                print(f"stopped after step {step} (trainer.stop_on_collapse): {run.stop_reason.text}", file=sys.stderr)
+            if stop:  # trainer.stop_on_collapse: the step was checkpointed
+                print(f"stopped after step {step} (trainer.stop_on_collapse): {stop.text}", file=sys.stderr)
                 break
         except ray.exceptions.RayError as error:  # a learner or reference worker died: rebuilt, the step redone
-            step = run.recover(error, step)
+            step = recover(run, error, step)
             del history[max(0, step - run.start_step):]
             timer.pop()
     if not quiet:
@@ -59,13 +61,14 @@ def run_steps(run: TrainingRun, quiet: bool = False) -> list[dict[str, float]]:
     return history
 
 
-def one_step(run: TrainingRun, step: int, timer: PhaseTimer) -> dict[str, float]:
-    """rollout -> reward || reference -> advantages -> update -> sync -> evaluate -> log -> checkpoint."""
+def one_step(run: TrainingRun, step: int, timer: PhaseTimer) -> tuple[dict[str, float], object | None]:
+    """rollout -> reward || reference -> advantages -> update -> sync -> evaluate -> log -> checkpoint; returns
+    the step's metrics and the stability monitor's stop reason (trainer.stop_on_collapse) or None."""
     with timer("rollout"):
-        episodes = run.rollout(step)
+        rollout = run.rollout(step)
     with timer("score_and_ref"):
-        pending_scores = run.score(episodes)  # the reward actor works while the reference runs
-        batch = run.ref_logprobs(run.train_batch(episodes))
+        pending_scores = run.score(rollout)  # the reward actor works while the reference runs
+        batch = run.ref_logprobs(run.train_batch(rollout), rollout)
         scores = ray.get(pending_scores)
     batch = run.advantages(batch, scores)
     with timer("update"):
@@ -74,8 +77,8 @@ def one_step(run: TrainingRun, step: int, timer: PhaseTimer) -> dict[str, float]
         run.sync_weights()
     with timer("evaluate"):
         eval_metrics = run.evaluate(step)
-    metrics = run.log(step, episodes, batch, scores, train_metrics, eval_metrics, timer.pop())
-    run.watch(step, metrics)
+    metrics = run.log(step, rollout, batch, scores, train_metrics, eval_metrics, timer.pop())
+    stop = run.watch(step, metrics)
     with timer("checkpoint"):  # its time shows in the next step's time/checkpoint
-        run.checkpoint(step)
-    return metrics
+        run.checkpoint(step, stopping=stop is not None)
+    return metrics, stop

@@ -103,8 +103,8 @@ def check_cluster_fits(cfg: Config) -> None:
     offered, capacity = ray.cluster_resources(), read_cluster_capacity(cfg.cluster.autoscaling)
     problem = fit_problem(cfg, offered, capacity.most)
     if problem:
-        raise ClusterTooSmallError(f"{problem} ({capacity.source})")
-    if capacity.most is not None:
+        raise ClusterTooSmallError(f"{problem} ({capacity.where})")
+    if capacity.most is not None or capacity.unreadable:
         print(capacity.line(), file=sys.stderr, flush=True)
     if fit_problem(cfg, offered, None):
         print("waiting for the autoscaler to add nodes for this run's placement groups", file=sys.stderr, flush=True)

@@ -29,7 +29,7 @@ INPUTS_FILE = "inputs.json"
 # keys (or sections, ending in ".") that may change between legs of one run
 LEG_KEYS = (
     "trainer.total_steps", "trainer.eval_every", "trainer.eval_prompts", "trainer.checkpoint_every",
-    "trainer.output_dir", "trainer.max_recoveries", "trainer.eval_closed_book",
+    "trainer.output_dir", "trainer.max_recoveries", "trainer.keep_checkpoints", "trainer.eval_closed_book",
     "data.dev_path", "data.test_path", "data.split", "data.cache_dir",
     "retriever.index_dir", "retriever.corpus_path", "retriever.num_shards", "retriever.backend",
     "retriever.num_cpus_per_shard", "retriever.decoy_index_dir",
@@ -39,7 +39,7 @@ LEG_KEYS = (
     "learner.weight_sync", "reference.num_workers", "cluster.",
 )
 # how this leg starts, not what it runs: never reported
-NOT_SETTINGS = ("trainer.resume", "trainer.resume_allow_changes")
+NOT_SETTINGS = ("trainer.resume", "trainer.resume_allow_changes", "trainer.overwrite")
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                "merges.txt", "tokenizer.model")
 

@@ -1,6 +1,6 @@
 """Checkpoint directories: written aside, renamed into place, found again on resume.
 
-    ckpt = CheckpointDirs(output_dir)
+    ckpt = CheckpointDirs(output_dir, keep=3, run_id="3f9c...")
     with ckpt.writing(step=10) as tmp:      # .step_000010.partial-*/ while being written
         ...                                 # policy/ (HF), learner/ (sharded), trainer_state.json
     # now output_dir/checkpoints/step_000010/
@@ -12,6 +12,9 @@ written (atomic rename), so a run killed mid-write leaves the previous one as th
 without it, with an unreadable one, or with a file missing or of another size (copied or
 synced by hand, a full disk) is never resumed from. The writers must see the same file
 system (a shared one on a multi-node cluster).
+
+Each checkpoint's state names the run that wrote it (`run_id`); after a write, only that run's
+own complete checkpoints beyond the newest `keep` are deleted, never another run's.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ _NAME = re.compile(r"step_(\d{6})")
 
 
 class CheckpointDirs:
-    def __init__(self, output_dir: Path, keep: int = 3) -> None:
+    def __init__(self, output_dir: Path, keep: int = 3, run_id: str = "") -> None:
         self.root = Path(output_dir) / "checkpoints"
-        self.keep = keep
+        self.keep, self.run_id = keep, run_id
 
     def path(self, step: int) -> Path:
         return self.root / f"step_{step:06d}"
@@ -70,7 +73,8 @@ class CheckpointDirs:
         return leftovers
 
     def _prune(self) -> None:
-        for _, path in self.complete()[:-self.keep]:
+        own = [path for _, path in self.complete() if read_trainer_state(path).get("run_id") == self.run_id]
+        for path in own[:-self.keep]:
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -3,7 +3,6 @@
     monitors = StabilityMonitors(cfg.monitor)
     for line in monitors.check(step, metrics):      # warnings for monitors that crossed this step
         print(line)
-    monitors.collapse                               # the first collapse seen, when one is
 
 Entropy is judged against the run's first step (a collapse falls below `entropy_low` x it,
 a blow-up rises above `entropy_high` x it), response length against its first step
@@ -38,7 +37,6 @@ class StabilityMonitors:
         self.cfg = cfg
         self.baseline: dict[str, float] = {}
         self.crossed: set[str] = set()
-        self.collapse: Crossing | None = None
 
     def _limits(self, metrics: Mapping[str, float]) -> list[tuple[str, str, float, float, str]]:
         """(monitor, metric, value, threshold, direction) for the monitors this step's metrics allow."""
@@ -75,7 +73,6 @@ class StabilityMonitors:
                     f"{threshold:.3g} (monitor.{_knob(monitor)})")
             crossing = Crossing(monitor, step, float(value), float(threshold), text)
             crossings.append(crossing)
-            self.collapse = self.collapse or crossing
         return crossings
 
 

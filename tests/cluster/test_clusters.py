@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kr1.run.metrics import TIMING_PREFIXES
@@ -140,3 +142,57 @@ def test_the_autoscaler_adds_the_node_the_run_waits_for(start_head, job_args, tm
         _same_metrics(static_rows["rows"], _metrics(out))
     else:
         assert [r["step"] for r in _metrics(out)] == list(range(1, STEPS + 1))
+
+
+def _node_processes(node_id: str) -> list[psutil.Process]:
+    """Every process of one fake node: its raylet, agents and workers carry the node's id in their environment."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def test_a_lost_node_is_replaced_and_the_run_finishes_with_the_undisturbed_metrics(start_head, job_args, tmp_path,
+                                                                                   static_rows):
+    """Under Ray's v1 autoscaler, the worker node that holds the whole run (learner ranks, the engine, the
+    retriever shards, the reference, the scorer) is killed after the first checkpoint, every process at once, as a
+    preempted VM is lost; the autoscaler replaces it, the run recovers by itself (actors restarted, learners and
+    reference rebuilt from the last checkpoint) and finishes with the undisturbed run's metrics, each step once."""
+    head = start_head("v1", worker_cpus=8, max_workers=2)
+    out = tmp_path / "run"
+    job = head.submit(job_args(out), wait=False, submission_id="kr1-node-lost")
+    assert job.returncode == 0, job.stderr[-2000:]
+    deadline = time.monotonic() + 600
+    while not (out / "checkpoints" / "step_000001").is_dir():
+        assert time.monotonic() < deadline, head.job("logs", "kr1-node-lost").stdout[-3000:]
+        time.sleep(0.2)
+    worker = "f" * 51 + "00001"  # the fake provider's first worker node
+    victims = _node_processes(worker)
+    assert any("raylet" in " ".join(p.cmdline()) for p in victims), "the worker node's raylet was not found"
+    lost_at = time.monotonic()
+    for proc in victims:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(victims, timeout=30)
+    while True:
+        status = head.job("status", "kr1-node-lost")
+        said = (status.stdout + status.stderr).lower()
+        if "job 'kr1-node-lost' succeeded" in said:
+            break
+        assert "failed" not in said and "was stopped" not in said, head.job("logs", "kr1-node-lost").stdout[-4000:]
+        assert time.monotonic() < lost_at + 600, head.job("logs", "kr1-node-lost").stdout[-4000:]
+        time.sleep(2)
+    logs = head.job("logs", "kr1-node-lost").stdout
+    print(f"\nnode lost: the run finished {time.monotonic() - lost_at:.0f} s after its node was killed")
+    assert "worker died" in logs and "rebuilding from the last checkpoint" in logs, logs[-4000:]
+    assert f"resumed from {out / 'checkpoints'}" in logs and f"step {STEPS}/{STEPS}" in logs, logs[-4000:]
+    active = head.status().split("Pending:")[0]
+    assert re.search(r"\d ray\.worker\.cpu", active), active  # the replacement
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), "each step once"
+    if "rows" in static_rows:
+        _same_metrics(static_rows["rows"], rows)

@@ -16,7 +16,7 @@ def test_build_rejects_empty_corpus_and_too_many_shards(ray_session, tmp_path, w
         build_index(empty, tmp_path / "out", 2, progress=False)
     tiny = tmp_path / "tiny.jsonl"
     tiny.write_text('{"id": "a", "text": "one passage"}\n')
-    with pytest.raises(ValueError, match="2 shards for 1 documents"):
+    with pytest.raises(ValueError, match="2 shards, but its lines split into only 1 chunks"):
         build_index(tiny, tmp_path / "out", 2, progress=False)
     assert not (tmp_path / "out").exists()
 

@@ -9,6 +9,7 @@ import pytest
 
 from kr1.data import load_corpus, load_questions
 from pipelines.synthetic_world import HELD_OUT_PER_TYPE, generate, main
+from pipelines.world_names import MAX_PEOPLE, entity_counts, max_people, name_space
 
 MULTI_HOP = {"compositional", "comparison", "inference", "bridge_comparison"}
 
@@ -136,3 +137,28 @@ def test_cli_writes_manifest(tmp_path, capsys):
 def test_too_small_world_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--people"):
         generate(tmp_path / "w", people=5)
+
+
+def test_the_largest_world_builds_and_a_larger_one_is_refused_in_one_line(tmp_path, one_line_error):
+    """The name inventories hold MAX_PEOPLE people (organisation names run out first); a larger --people, as the
+    bench's old 60,000-person corpus asked, stops before anything is built, stating the limit."""
+    manifest = generate(tmp_path / "largest", people=MAX_PEOPLE)
+    assert manifest["people"] == MAX_PEOPLE and MAX_PEOPLE == 4007  # the figure the README states
+    line = one_line_error(lambda: main(["--out", str(tmp_path / "w"), "--people", "60000"]))
+    assert "--people 60000" in line and "at most 4,007 people" in line and "organisation names" in line, line
+    assert not (tmp_path / "w").exists()
+    # beside the largest world (--avoid) its names are all taken: no further world of 20 fits
+    line = one_line_error(lambda: main(["--out", str(tmp_path / "w"), "--people", "500",
+                                        "--avoid", str(tmp_path / "largest")]))
+    assert f"no synthetic world fits beside {tmp_path / 'largest'}" in line, line
+    assert "800 of them used by that world" in line, line
+
+
+def test_max_people_is_what_the_names_hold():
+    space = name_space()
+    for beside in (0, 500, 3000):
+        limit = max_people(beside)
+        taken = entity_counts(beside) if beside else dict.fromkeys(space, 0)
+        assert all(n + taken[k] <= space[k] for k, n in entity_counts(limit).items())
+        assert any(n + taken[k] > space[k] for k, n in entity_counts(limit + 1).items())
+    assert max_people(500) >= 3000  # the default's practice world (3,000 people) beside its world (500)

@@ -71,9 +71,20 @@ def test_the_launchers_bootstrap_config_is_read_on_a_head_without_other_sources(
         "cluster: can grow to unbounded CPUs, unbounded GPUs (cluster.autoscaling=true)"
 
 
-@pytest.mark.parametrize("bad", ["[not a mapping]", ": : :"])
-def test_an_unreadable_bootstrap_config_is_no_source(ray_session, tmp_path, monkeypatch, bad):
+@pytest.mark.parametrize("bad, error", [("[not a mapping]", "ValueError: holds a list, not an autoscaling config"),
+                                        (": : :", "ParserError: while parsing a block mapping"),
+                                        ("max_workers: many", "ValueError: invalid literal for int()")])
+def test_an_unreadable_bootstrap_config_is_named_not_taken_as_absent(ray_session, tmp_path, monkeypatch, bad, error):
+    """A malformed config is no proof that the cluster cannot grow: the capacity line (and a refusal, which ends
+    with `where`) names the file and its error, and says how to tell kr1 instead."""
     monkeypatch.delenv("RAY_CLUSTER_NAME", raising=False)
-    monkeypatch.setattr(cluster_capacity, "BOOTSTRAP_CONFIG", tmp_path / "ray_bootstrap_config.yaml")
-    (tmp_path / "ray_bootstrap_config.yaml").write_text(bad)
-    assert read_cluster_capacity().most is None
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    monkeypatch.setattr(cluster_capacity, "BOOTSTRAP_CONFIG", path)
+    path.write_text(bad + "\n" + yaml.safe_dump({"available_node_types": FAKE_CLUSTER["available_node_types"]})
+                    if bad.startswith("max_workers") else bad)
+    found = read_cluster_capacity()
+    assert found.most is None and len(found.unreadable) == 1
+    assert found.unreadable[0].startswith(f"the cluster launcher's bootstrap config ({path}: {error}")
+    assert "whether this cluster autoscales is unknown: cluster.autoscaling=true if it does" in found.where
+    assert f"could not read the cluster launcher's bootstrap config ({path}: {error}" in found.where
+    assert found.line().startswith("cluster: no readable autoscaler config (") and "\n" not in found.line()

@@ -46,7 +46,8 @@ def test_three_steps_write_events_checkpoints_and_a_loadable_policy(trained_run)
     AutoModelForCausalLM.from_pretrained(policy)  # vLLM serves it too: tests/actors/test_rollout_engine_actor.py
     AutoTokenizer.from_pretrained(policy)
     state = json.loads((out / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
-    assert state["step"] == 3 and state["data_position"] == 9
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    assert state["step"] == 3 and state["run_id"] == run_id and len(run_id) == 12
 
 
 def test_resume_equals_an_uninterrupted_run(trained_run, trained_run_overrides, tmp_path, capsys):
