@@ -96,9 +96,10 @@ class TrainingRun:
                                                    cfg.trainer.prompts_per_step), cfg.trainer.total_steps) \
             if cfg.trainer.mode == "async" else SyncRollouts(self.engines, self.loader, cfg)
         # the reference pass of groups dynamic sampling keeps runs while later rounds roll out, unless the engines
-        # share the GPUs with it
+        # share the GPUs with it (or there is no reference)
         self.reference_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reference") \
-            if cfg.algorithm.dynamic_sampling and not cfg.cluster.colocate else None
+            if cfg.algorithm.dynamic_sampling and not cfg.cluster.colocate and cfg.reference.placement != "none" \
+            else None
         self.start_step = 0
         if resume_from:
             self.start_step = self.state.restore(*resume_from, self.learners, self.rollouts)
@@ -115,7 +116,7 @@ class TrainingRun:
         rollout = self.rollouts.take(step)
         if not self.cfg.algorithm.dynamic_sampling:
             return rollout
-        reference = None if self.reference_thread is None or self.cfg.reference.placement == "none" else \
+        reference = None if self.reference_thread is None else \
             (lambda episodes: self.reference_thread.submit(self.reference.logprobs, self.train_batch(
                 StepRollout(episodes, rollout.lag))))
         return sample_informative(rollout, step, self.cfg, self.loader, self.engines,

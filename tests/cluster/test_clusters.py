@@ -46,6 +46,16 @@ def static_rows():
     return {}
 
 
+def _submit_until_first_checkpoint(head, args: list[str], out: Path, submission_id: str, timeout_s: float) -> None:
+    """Submit the driver job without waiting, and return once its step-1 checkpoint is written."""
+    job = head.submit(args, wait=False, submission_id=submission_id)
+    assert job.returncode == 0, job.stderr[-2000:]
+    deadline = time.monotonic() + timeout_s
+    while not (out / "checkpoints" / "step_000001").is_dir():
+        assert time.monotonic() < deadline, head.job("logs", submission_id).stdout[-3000:]
+        time.sleep(0.2)
+
+
 def _same_metrics(left: list[dict], right: list[dict]) -> None:
     assert [r["step"] for r in left] == [r["step"] for r in right] == list(range(1, STEPS + 1))
     for a, b in zip(left, right):
@@ -64,12 +74,7 @@ def test_job_stop_is_a_stop_and_the_resumed_job_finishes(start_head, job_args, t
                                 env={**head.env, "RAY_AUTH_MODE": "disabled"}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     out = tmp_path / "run"
-    job = head.submit(job_args(out), wait=False, submission_id="kr1-stopped")
-    assert job.returncode == 0, job.stderr[-2000:]
-    deadline = time.monotonic() + 400
-    while not (out / "checkpoints" / "step_000001").is_dir():
-        assert time.monotonic() < deadline, head.job("logs", "kr1-stopped").stdout[-3000:]
-        time.sleep(0.2)
+    _submit_until_first_checkpoint(head, job_args(out), out, "kr1-stopped", timeout_s=400)
     started = time.monotonic()
     stop = head.job("stop", "kr1-stopped")
     stop_s = time.monotonic() - started
@@ -164,12 +169,7 @@ def test_a_lost_node_is_replaced_and_the_run_finishes_with_the_undisturbed_metri
     reference rebuilt from the last checkpoint) and finishes with the undisturbed run's metrics, each step once."""
     head = start_head("v1", worker_cpus=8, max_workers=2)
     out = tmp_path / "run"
-    job = head.submit(job_args(out), wait=False, submission_id="kr1-node-lost")
-    assert job.returncode == 0, job.stderr[-2000:]
-    deadline = time.monotonic() + 600
-    while not (out / "checkpoints" / "step_000001").is_dir():
-        assert time.monotonic() < deadline, head.job("logs", "kr1-node-lost").stdout[-3000:]
-        time.sleep(0.2)
+    _submit_until_first_checkpoint(head, job_args(out), out, "kr1-node-lost", timeout_s=600)
     worker = "f" * 51 + "00001"  # the fake provider's first worker node
     victims = _node_processes(worker)
     assert any("raylet" in " ".join(p.cmdline()) for p in victims), "the worker node's raylet was not found"
