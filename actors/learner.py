@@ -1,7 +1,7 @@
 """The learner group: N Ray actors, one torch.distributed process group, the policy under FSDP2.
 
     group = LearnerGroup(cfg, model_path, placement)   # gloo on CPU, NCCL on GPU
-    metrics = group.update(batch)                      # token-budget micro-batches, one AdamW step
+    metrics = group.update(batch, step)                # token-budget micro-batches, learner.mini_batches AdamW steps
     state_ref = group.state_dict_ref()                 # full state dict, in the object store
 
 Each worker loads the Hugging Face model, shards every decoder layer and then the whole
@@ -27,10 +27,11 @@ from kr1.cluster import actor_names, all_alive, get_all, stop_actors
 from kr1.config import Config
 from kr1.training.algorithms import loss_normalizer
 from kr1.training.batch import TrainBatch
+from kr1.training.lr_schedule import learning_rate
 from kr1.training.memory_plan import learner_actor_env
 from kr1.training.policy_update import batch_logprobs, train_step
 from kr1.training.sharded_model import load_causal_lm, shard_model
-from kr1.training.token_budget import TokenBudgetBatcher
+from kr1.training.token_budget import TokenBudgetBatcher, rank_parts, rows_back
 from kr1.training.weight_buckets import state_buckets
 
 
@@ -40,14 +41,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def trainer_transfer_engine(backend: str, model: Any, rank: int, engines: list[Any], world_size: int) -> Any:
-    """Build this learner rank's side of a vLLM weight-transfer engine (GPU only)."""
+def trainer_transfer_engine(backend: str, model: Any, rank: int, engines: list[Any], world_size: int,
+                            dtype: str | None = None) -> Any:
+    """Build this learner rank's side of a vLLM weight-transfer engine: `ipc` / `nccl` on GPU, `gloo` anywhere
+    (kr1.rollout.gloo_transfer, which ships floating tensors in `dtype`); `world_size` counts the vLLM workers."""
     from vllm.distributed.weight_transfer.base import ModuleSource
     from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
 
     # the engine actors expose LLM's init/start/update/finish_weight_update methods under the same names
     client = RayVLLMWeightSyncClient(list(engines))
     source = ModuleSource(model)
+    if backend == "gloo":  # importing the module registers it with vLLM's trainer-side factory
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+        from kr1.rollout.gloo_transfer import GlooTrainerInitInfo, TiedModuleSource
+
+        info = GlooTrainerInitInfo(rank=rank, master_address=ray.util.get_node_ip_address(),
+                                   master_port=_free_port(), world_size=world_size + 1, dtype=dtype)
+        return WeightTransferTrainerFactory.trainer_init(info, client=client, source=TiedModuleSource(model))
     if backend == "ipc":
         from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo, IPCTrainerWeightTransferEngine
 
@@ -102,7 +113,10 @@ class LearnerWorker:
                               chunk_tokens=self.cfg.learner.logits_chunk_tokens,
                               temperature=self.cfg.rollout.temperature)
 
-    def train_step(self, part: TrainBatch, micro: Sequence[np.ndarray], normalizer: float) -> dict[str, float]:
+    def train_step(self, part: TrainBatch, micro: Sequence[np.ndarray], normalizer: float,
+                   lr: float) -> dict[str, float]:
+        for group in self.optimizer.param_groups:  # the step's rate (kr1.training.lr_schedule)
+            group["lr"] = lr
         metrics = train_step(self.model, self.optimizer, part, micro, normalizer=normalizer, scale=self.world_size,
                              algo=self.cfg.algorithm, grad_clip=self.cfg.learner.grad_clip, device=self.device,
                              chunk_tokens=self.cfg.learner.logits_chunk_tokens,
@@ -129,12 +143,13 @@ class LearnerWorker:
         return [ray.put(part) for part in state_buckets(state, dtype, self.cfg.learner.sync_bucket_mb << 20)]
 
     def init_weight_transfer(self, backend: str, engines: list[Any], num_vllm_workers: int) -> bool:
-        """Set up this rank's side of vLLM's cuda_ipc / nccl weight transfer (GPU only)."""
-        self.transfer = trainer_transfer_engine(backend, self.model, self.rank, engines, num_vllm_workers)
+        """Set up this rank's side of a vLLM weight-transfer engine (ipc, nccl or gloo)."""
+        self.transfer = trainer_transfer_engine(backend, self.model, self.rank, engines, num_vllm_workers,
+                                                dtype=self.cfg.model.dtype)
         return True
 
     def send_weights(self) -> bool:
-        """Every rank materialises each full tensor; rank 0 sends it (IPC handles or NCCL broadcast)."""
+        """Every rank materialises each full tensor; rank 0 sends it (IPC handles, NCCL or gloo broadcast)."""
         self.transfer.send_weights()
         return True
 
@@ -193,35 +208,27 @@ class LearnerGroup:
 
     def _parts(self, batch: TrainBatch) -> tuple[list[ray.ObjectRef], list[list[np.ndarray]], list[np.ndarray]]:
         """Slice the batch per rank (then `ray.put` each slice once) with each rank's micro-batch rows."""
-        plan = self.batcher.plan(batch.lengths, self.world_size)
-        parts, micros, rows_of = [], [], []
-        for micro in plan:
-            rows = np.concatenate(micro) if micro else np.zeros(0, np.int64)
-            position = {int(r): i for i, r in enumerate(rows)}
-            parts.append(ray.put(batch.select(rows)))
-            micros.append([np.array([position[int(r)] for r in m], dtype=np.int64) for m in micro])
-            rows_of.append(rows)
-        return parts, micros, rows_of
+        sliced = rank_parts(batch, self.batcher, self.world_size)
+        return [ray.put(part) for _, part, _ in sliced], [m for _, _, m in sliced], [rows for rows, _, _ in sliced]
 
     def logprobs(self, batch: TrainBatch, reference: bool = False) -> np.ndarray:
         """(B, T) log-probs of the whole batch (policy, or the colocated reference)."""
-        parts, micros, rows_of = self._parts(batch)
+        parts, micros, rows_of = self._parts(batch.tokens_only())  # no advantages or log-probs travel for it
         results = get_all([w.logprobs.remote(p, m, reference) for w, p, m in zip(self.workers, parts, micros)])
-        out = np.zeros(batch.input_ids.shape, dtype=np.float32)
-        for rows, values in zip(rows_of, results):
-            out[rows, :values.shape[1]] = values
-        return out
+        return rows_back(batch.input_ids.shape, rows_of, results)
 
-    def update(self, batch: TrainBatch) -> dict[str, float]:
-        """`learner.mini_batches` optimizer steps over the batch; metrics summed over ranks."""
+    def update(self, batch: TrainBatch, step: int = 0) -> dict[str, float]:
+        """`learner.mini_batches` optimizer steps over the batch at training `step`'s learning rate; metrics
+        summed over ranks."""
         metrics: dict[str, float] = {}
+        lr = learning_rate(self.cfg.learner, step, self.cfg.trainer.total_steps)
         if self.cfg.learner.mini_batches > 1 and batch.old_logprobs is None:
             # later mini-batches step away from the rollout policy: the ratio needs its log-probs
             batch = batch.with_fields(old_logprobs=self.logprobs(batch))
         for mini in batch.chunk(self.cfg.learner.mini_batches):
             parts, micros, _ = self._parts(mini)
             normalizer = loss_normalizer(mini.loss_mask, self.cfg.algorithm.loss_agg)
-            results = get_all([w.train_step.remote(p, m, normalizer)
+            results = get_all([w.train_step.remote(p, m, normalizer, lr)
                                for w, p, m in zip(self.workers, parts, micros)])
             for name in results[0]:
                 if name.endswith("_max"):  # a largest value: the largest over ranks and mini-batches
@@ -230,7 +237,7 @@ class LearnerGroup:
                 # grad_norm is global already; the other values are per-rank shares of the step
                 value = results[0][name] if name == "grad_norm" else sum(r[name] for r in results)
                 metrics[name] = metrics.get(name, 0.0) + value / self.cfg.learner.mini_batches
-        metrics["lr"] = self.cfg.learner.lr
+        metrics["lr"] = lr
         return metrics
 
     def state_dict_ref(self) -> ray.ObjectRef:

@@ -20,6 +20,7 @@ whose version differs loads those weights before it generates.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -130,6 +131,7 @@ class RolloutEngine:
 
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]],
                           weights: Weights | None = None) -> list[list[float]]:
+        self.wake_up()  # a sleeping engine serves nothing (its scheduler is paused)
         self._catch_up(weights)
         return self.generator.sequence_logprobs(sequences)
 
@@ -147,8 +149,14 @@ class RolloutEngine:
         return True
 
     # vLLM's weight-transfer control plane under LLM's own names, so that vLLM's
-    # RayVLLMWeightSyncClient can drive these actors (cuda_ipc / nccl sync, GPU only)
+    # RayVLLMWeightSyncClient can drive these actors (cuda_ipc, nccl, gloo: kr1/run/weight_sync.py)
     def init_weight_transfer_engine(self, request: Any) -> None:
+        """The trainer numbers one engine's workers from `rank_offset` (nccl, gloo); every engine gets the same
+        request, so engine i's workers come after those of engines 0..i-1."""
+        if "rank_offset" in request.init_info:
+            info = dict(request.init_info)
+            info["rank_offset"] += self.index * self.cfg.rollout.tensor_parallel_size
+            request = dataclasses.replace(request, init_info=info)
         self.generator.control("init_weight_transfer_engine", request)
 
     def start_weight_update(self) -> None:
@@ -156,10 +164,10 @@ class RolloutEngine:
 
     def update_weights(self, request: Any) -> None:
         self.generator.control("update_weights", request)
-        self.generator.control("reset_prefix_cache")
 
     def finish_weight_update(self) -> None:
-        self.generator.control("finish_weight_update")
+        self.generator.control("finish_weight_update")  # the layerwise reload puts the new weights in place
+        self.generator.control("reset_prefix_cache")  # cached KV was computed with the old weights
 
     def shutdown_weight_transfer_engine(self) -> None:
         self.generator.control("shutdown_weight_transfer_engine")

@@ -2,7 +2,7 @@
 
 Layers (tests/test_layers.py keeps them true):
   commands   driver, eval, search, plan, bench: thin mains, imported by nothing
-  shared     config, data, errors, atomic_write, logprobs (pure), cluster (starts or joins Ray)
+  shared     config, config_checks, data, errors, atomic_write, logprobs (pure), cluster (starts or joins Ray)
   pure       retrieval/ < rollout/ < training/: no Ray, no actors, no pipelines, none imports a higher one
   run/       orchestration: the only kr1 code that imports actors/ or pipelines/
   bench/     benchmarks over run/ and the pure layers

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from kr1.config_checks import config_problem
 from kr1.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -44,7 +45,8 @@ class DataConfig:
     # size of the synthetic world (people; places, films and organisations scale with it)
     synthetic_seed: int = 0
     synthetic_people: int = 500
-    # questions longer than this many prompt tokens are dropped (with a count in the log)
+    # training questions whose prompt (instruction and chat template included) is longer than this many tokens
+    # are dropped at start, with a count in the log; evaluation keeps every question. Below rollout.max_total_tokens
     max_prompt_tokens: int = 512
 
 
@@ -93,8 +95,9 @@ class ModelConfig:
     # in the run's world), so the start policy learns to read and copy names, not to remember the run's facts;
     # 0: the training region of the run's own world
     bootstrap_practice_people: int = 0
+    # float32 | bfloat16 (the learner computes in bfloat16 on GPU: float16 engines would sample from another
+    # distribution than it scores, so float16 is refused)
     dtype: str = "float32"
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -172,6 +175,11 @@ class AlgorithmConfig:
 class LearnerConfig:
     num_workers: int = 1
     lr: float = 1e-5
+    # linear warm-up over this share of trainer.total_steps (Search-R1: lr_warmup_steps_ratio=0.285), then
+    # constant | cosine (down to lr x lr_min_ratio at the last step); the rate steps once per training step
+    lr_warmup_ratio: float = 0.0
+    lr_schedule: str = "constant"
+    lr_min_ratio: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     # micro-batches hold at most this many tokens (sum of sequence lengths)
@@ -184,7 +192,7 @@ class LearnerConfig:
     # log-probs and entropy over chunks of this many tokens, recomputed in backward, so no T x V logits tensor
     # is held (the largest learner term at a 152k vocabulary); 0: from the full logits
     logits_chunk_tokens: int = 0
-    # object_store | cuda_ipc | nccl
+    # object_store | cuda_ipc (colocated GPUs) | nccl (separate GPU pools) | gloo (vLLM engines on CPU)
     weight_sync: str = "object_store"
     # object_store sync: rank 0 ships the weights in model.dtype, in object-store buckets of about this many MiB
     sync_bucket_mb: int = 512
@@ -194,6 +202,7 @@ class LearnerConfig:
 class ReferenceConfig:
     # separate: its own pool; colocate: shares the learner's placement; none: no KL term
     placement: str = "separate"
+    # separate only: a colocated reference lives in the learner workers, sharded like the policy
     num_workers: int = 1
 
 
@@ -279,36 +288,6 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
-# values outside these sets are rejected at load time, not deep inside a run
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.name": ("synthetic", "files", "2wiki"),
-    "data.split": ("train", "dev", "test"),
-    "retriever.backend": ("numba", "numpy"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.bootstrap_size": ("tiny", "small"),
-    "rollout.backend": ("hf", "vllm"),
-    "rollout.mode": ("agent", "turn"),
-    "trainer.mode": ("sync", "async"),
-    "rollout.prompt_template": ("search_r1", "compact"),
-    "rollout.sleep_level": (0, 1, 2),
-    "algorithm.advantage": ("grpo", "reinforce_pp"),
-    "algorithm.kl_estimator": ("k1", "k3"),
-    "algorithm.loss_agg": ("token_mean", "seq_mean"),
-    "learner.weight_sync": ("object_store", "cuda_ipc", "nccl"),
-    "reference.placement": ("separate", "colocate", "none"),
-    "cluster.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK"),
-}
-POSITIVE = (
-    "retriever.num_shards", "retriever.top_k", "retriever.max_query_chars", "rollout.num_engines",
-    "rollout.n_samples", "rollout.temperature", "rollout.max_turns", "rollout.max_new_tokens_per_turn",
-    "rollout.max_total_tokens", "rollout.tensor_parallel_size", "learner.num_workers",
-    "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
-    "algorithm.max_sampling_rounds", "rollout.search_batch_size", "rollout.search_flush_ms",
-    "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens", "algorithm.behaviour_clip",
-    "cluster.placement_timeout_s", "trainer.keep_checkpoints",
-)
-
-
 def resolve_config_path(name_or_path: str) -> Path:
     """A bundled config name (`default`) or a path to a YAML file."""
     path = Path(name_or_path)
@@ -336,34 +315,6 @@ def _merge(base: Any, layer: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {str(e).splitlines()[0]}") from None
 
 
-def _validate(cfg: Config) -> None:
-    train = cfg.data.train_path
-    if train is not None and not isinstance(train, str) and not (
-            isinstance(train, list) and train and all(isinstance(p, str) and p for p in train)):
-        raise ConfigError(f"bad value for 'data.train_path': {train!r} (a file, or a non-empty list of files)")
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            raise ConfigError(f"bad value for '{key}': {value!r} (choose from {', '.join(map(str, allowed))})")
-    for key in POSITIVE:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value <= 0:
-            raise ConfigError(f"bad value for '{key}': {value!r} (must be positive)")
-    if cfg.algorithm.max_staleness < 0:
-        raise ConfigError(f"bad value for 'algorithm.max_staleness': {cfg.algorithm.max_staleness!r} (0 or more)")
-    if not 0 < cfg.rollout.top_p <= 1:
-        raise ConfigError(f"bad value for 'rollout.top_p': {cfg.rollout.top_p!r} (a probability mass in (0, 1])")
-    if cfg.learner.weight_sync != "object_store" and cfg.rollout.backend != "vllm":  # vLLM's transfer engines
-        raise ConfigError(f"learner.weight_sync={cfg.learner.weight_sync} needs rollout.backend=vllm (it is "
-                          f"{cfg.rollout.backend}): set learner.weight_sync=object_store")
-    if cfg.trainer.resume and cfg.trainer.overwrite:  # resume continues the run that overwrite would move aside
-        raise ConfigError("trainer.resume=true and trainer.overwrite=true contradict: choose one")
-    if cfg.trainer.mode == "async" and cfg.cluster.colocate:  # colocated engines sleep while the learner trains
-        raise ConfigError("trainer.mode=async needs the engines on their own GPUs: set cluster.colocate=false")
-
-
 def load_config(name_or_path: str = "default", overrides: Sequence[str] = ()) -> Config:
     """Schema defaults, then the YAML file, then `key=value` overrides, validated."""
     path = resolve_config_path(name_or_path)
@@ -380,7 +331,9 @@ def load_config(name_or_path: str = "default", overrides: Sequence[str] = ()) ->
             raise ConfigError(f"override {item!r} is not key=value")
         merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    _validate(cfg)
+    problem = config_problem(cfg)  # a value outside its choices or range, or a combination that cannot run
+    if problem:
+        raise ConfigError(problem)
     return cfg
 
 

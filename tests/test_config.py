@@ -99,3 +99,63 @@ def test_async_mode_keys_are_checked_and_refuse_colocated_engines():
         load_config("default", ["trainer.mode=async", "algorithm.max_staleness=-1"])
     with pytest.raises(ConfigError, match=r"trainer\.mode=async needs the engines on their own GPUs"):
         load_config("default", ["trainer.mode=async", "cluster.colocate=true"])
+
+
+# each combination that cannot run, refused at load in one line naming its keys (the run directory is never written)
+REFUSED = {
+    "cuda_ipc without a GPU": (["rollout.backend=vllm", "learner.weight_sync=cuda_ipc"],
+                               ["learner.weight_sync=cuda_ipc", "cluster.gpus_per_node", "object_store"]),
+    "nccl without a GPU": (["rollout.backend=vllm", "learner.weight_sync=nccl"],
+                           ["learner.weight_sync=nccl", "cluster.gpus_per_node", "object_store"]),
+    "cuda_ipc between separate pools": (["rollout.backend=vllm", "learner.weight_sync=cuda_ipc",
+                                         "cluster.gpus_per_node=2"],
+                                        ["learner.weight_sync=cuda_ipc", "cluster.colocate=true",
+                                         "learner.weight_sync=nccl"]),
+    "nccl between colocated roles": (["rollout.backend=vllm", "learner.weight_sync=nccl", "cluster.gpus_per_node=1",
+                                      "cluster.colocate=true", "learner.num_workers=1"],
+                                     ["learner.weight_sync=nccl", "cluster.colocate=true",
+                                      "set learner.weight_sync=cuda_ipc"]),
+    "colocated hf engines": (["cluster.gpus_per_node=1", "cluster.colocate=true", "learner.num_workers=1"],
+                             ["cluster.colocate=true", "rollout.backend=vllm", "(it is hf)"]),
+    "colocation without a GPU": (["rollout.backend=vllm", "cluster.colocate=true", "learner.num_workers=1"],
+                                 ["cluster.colocate=true", "cluster.gpus_per_node is 0"]),
+    "colocated counts that differ": (["rollout.backend=vllm", "cluster.gpus_per_node=8", "cluster.colocate=true",
+                                      "learner.num_workers=4", "rollout.num_engines=2"],
+                                     ["rollout.num_engines x rollout.tensor_parallel_size (2 x 1)",
+                                      "learner.num_workers (4)"]),
+    "float16 engines": (["model.dtype=float16"], ["model.dtype=float16", "bfloat16"]),
+    "tensor parallel hf engines": (["rollout.tensor_parallel_size=2", "cluster.gpus_per_node=2"],
+                                   ["rollout.tensor_parallel_size=2", "rollout.backend=vllm"]),
+    "no GPU memory for vLLM": (["rollout.gpu_memory_utilization=0"], ["'rollout.gpu_memory_utilization': 0.0"]),
+    "more than a GPU's memory": (["rollout.gpu_memory_utilization=1.5"], ["'rollout.gpu_memory_utilization': 1.5"]),
+    "prompts that leave no room to generate": (["data.max_prompt_tokens=1024"],
+                                               ["data.max_prompt_tokens (1024)", "rollout.max_total_tokens (1024)"]),
+    "gloo sync into hf engines": (["learner.weight_sync=gloo"],
+                                  ["learner.weight_sync=gloo needs rollout.backend=vllm (it is hf)"]),
+    "a negative share of a core per shard": (["retriever.num_cpus_per_shard=-1"],
+                                             ["'retriever.num_cpus_per_shard': -1.0"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_combinations_that_cannot_run_are_refused_in_one_line(case):
+    overrides, named = REFUSED[case]
+    with pytest.raises(ConfigError) as err:
+        load_config("default", overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    for part in named:
+        assert part in message, (part, message)
+
+
+def test_the_runnable_neighbours_of_the_refusals_load():
+    """What the refusals leave: colocated cuda_ipc with matching counts (tensor parallel too), nccl between separate
+    GPU pools, gloo into vLLM engines on CPU, bfloat16; a colocated reference needs no count of its own (it lives in
+    the learner ranks)."""
+    colocated = ["rollout.backend=vllm", "cluster.gpus_per_node=8", "cluster.colocate=true",
+                 "learner.weight_sync=cuda_ipc", "model.dtype=bfloat16", "reference.placement=colocate",
+                 "reference.num_workers=1"]
+    load_config("default", [*colocated, "learner.num_workers=8", "rollout.num_engines=4",
+                            "rollout.tensor_parallel_size=2"])
+    load_config("default", ["rollout.backend=vllm", "cluster.gpus_per_node=3", "learner.weight_sync=nccl"])
+    load_config("default", ["rollout.backend=vllm", "learner.weight_sync=gloo"])

@@ -120,3 +120,28 @@ def test_train_path_is_one_file_or_a_list_of_files(value):
     assert load_config("default", ["data.train_path=[a.jsonl,b.parquet]"]).data.train_path == ["a.jsonl", "b.parquet"]
     with pytest.raises(ConfigError, match="bad value for 'data.train_path'"):
         load_config("default", [f"data.train_path={value}"])
+
+
+def test_prompt_loader_reads_what_one_permutation_per_position_read():
+    """The per-epoch cache changes no question: steps across epoch boundaries (and a step longer than an epoch,
+    and steps read out of order, as resume and the async queue do) equal the original formula, which drew the
+    epoch's permutation for every prompt."""
+    import numpy as np
+
+    from kr1.data import QARecord
+
+    questions = [QARecord(f"q{i}", f"question {i}?", ["a"]) for i in range(10)]
+
+    def before(loader, step):  # the formula the loader used before the cache
+        out = []
+        for position in range(step * loader.per_step, (step + 1) * loader.per_step):
+            epoch, offset = divmod(position, len(questions))
+            order = np.random.default_rng([loader.seed, epoch]).permutation(len(questions))
+            out.append(questions[int(order[offset])])
+        return out
+
+    for per_step, seed in ((4, 0), (3, 7), (10, 1), (25, 2)):
+        loader = PromptLoader(questions, per_step, seed)
+        for step in [*range(12), 3, 0, 40, 2]:
+            assert loader.batch(step) == before(loader, step), (per_step, seed, step)
+            assert len(loader._orders) <= 2

@@ -14,6 +14,7 @@
 | sync | object-store sync in bf16 | the same in fp32 | half the bytes |
 | step | share of a driver step per phase | - | weight sync < 5% of the step |
 | overlap | reward beside the reference | reward, then reference | - |
+| driver | the driver's own work per step at the 3B recipe's size | a step's rollout budget | < 1% of it |
 | scale | chunked index build, pool at 1-4M passages | bm25s index() and retrieval | build <= 4 GiB a process; >= 0.8x |
 
 It starts a local Ray (or joins RAY_ADDRESS) and uses the embedded default's world,

@@ -1,15 +1,22 @@
-"""GPU memory of the learner, measured without Ray and set beside kr1.plan's estimate.
+"""Every GPU check of the learner that needs no Ray or vLLM, in one command for a bare CUDA machine.
 
-    python -m kr1.bench.gpu                          # the README's rows: 0.5B, 1.5B, 7B width (4 layers)
-    python -m kr1.bench.gpu --rows 1.5b-16k --chunk 0 2048 --out gpu.md
+    python -m kr1.bench.gpu                          # the checks, then the memory rows: 0.5B, 1.5B, 7B width
+    python -m kr1.bench.gpu --skip-checks --rows 1.5b-16k --chunk 0 2048 --out gpu.md
     python -m kr1.bench.gpu --plan-only              # the plan column alone (any machine)
+    python -m kr1.bench.gpu --checks-only --device cpu   # the checks' maths over gloo (development)
+
+First the checks of kr1/bench/gpu_checks.py: FSDP2 over NCCL in bf16 against unsharded fp32, chunked
+logits, gradient checkpointing, CPU offload and mini-batches, each the same update as without it and
+(the memory savers) a lower peak. Then the memory table: kr1.plan's estimate beside what the learner holds.
+It exits 1 when a check fails or the plan is below a measured peak.
 
 Each row builds a randomly initialised model of the published dimensions on one CUDA GPU, shards it
 with the learner's own FSDP2 code (one rank, NCCL, bf16 mixed precision, gradient checkpointing, a
 colocated reference), and runs the learner's own functions on a batch of random token ids with lengths
-from half to full: the reference pass (`batch_logprobs`) and one update (`train_step`), token-budget
+from half to full: after one update (so that gradients and AdamW's moments exist, as from a run's second
+step on), the reference pass (`batch_logprobs`) and another update (`train_step`), token-budget
 micro-batches. It reports peak allocated, and peak reserved plus the CUDA context (what
-`torch.cuda.mem_get_info` saw in use before the first tensor), beside `kr1.plan`'s estimate for the
+`torch.cuda.mem_get_info` saw in use before the process's first tensor), beside `kr1.plan`'s estimate for the
 same configuration and the allocator setting of this process (expandable segments unless
 PYTORCH_CUDA_ALLOC_CONF says otherwise, as in the learner). Without CUDA it stops with one line.
 """
@@ -63,6 +70,31 @@ def planned(cfg: Config) -> dict[str, float]:
     return {phase: group.total(phase) / GiB for phase in ("reference", "update")}
 
 
+_CONTEXT: list[float] = []  # GiB in use on the GPU before this process's first tensor, read once
+
+
+def cuda_context_gib() -> float:
+    """This process's CUDA context (and anything else on the GPU), read before its first allocation: read later,
+    the blocks earlier rows left in the caching allocator would count twice."""
+    import torch
+
+    if not _CONTEXT:
+        torch.cuda.set_device(0)
+        free, total = torch.cuda.mem_get_info()
+        _CONTEXT.append((total - free) / GiB)
+    return _CONTEXT[0]
+
+
+def release_gpu_memory() -> None:
+    """Free what earlier models left: FSDP2 modules hold reference cycles (hooks), which only the collector frees."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def measure(cfg: Config, seed: int = 0) -> dict[str, dict[str, float]]:
     """Peak allocated and reserved + context (GiB) of the reference pass and one update, on this GPU."""
     import numpy as np
@@ -77,9 +109,9 @@ def measure(cfg: Config, seed: int = 0) -> dict[str, dict[str, float]]:
     from kr1.training.token_budget import TokenBudgetBatcher
 
     device = torch.device("cuda", 0)
+    context = cuda_context_gib()
     torch.cuda.set_device(device)
-    free, total = torch.cuda.mem_get_info()
-    context = (total - free) / GiB  # this process's CUDA context (and anything else on the GPU)
+    release_gpu_memory()
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
@@ -111,6 +143,11 @@ def measure(cfg: Config, seed: int = 0) -> dict[str, dict[str, float]]:
                        group_ids=np.arange(rows) // 8, advantages=rng.standard_normal(rows).astype(np.float32))
     micro = TokenBudgetBatcher(cfg.learner.token_budget).split(batch.lengths)
     chunk = cfg.learner.logits_chunk_tokens
+    # a run's steady state: from its second step on, the reference pass runs beside the policy's gradients
+    # (kept between steps) and AdamW's moments (made by the first step)
+    train_step(policy, optimizer, batch, micro, normalizer=float(batch.num_loss_tokens), scale=1.0,
+               algo=cfg.algorithm, grad_clip=1.0, device=device, chunk_tokens=chunk)
+    torch.cuda.empty_cache()  # as the learner does after each update
     out = {}
     for phase in ("reference", "update"):
         torch.cuda.synchronize()
@@ -123,8 +160,8 @@ def measure(cfg: Config, seed: int = 0) -> dict[str, dict[str, float]]:
         torch.cuda.synchronize()
         out[phase] = {"allocated": torch.cuda.max_memory_allocated() / GiB,
                       "reserved+context": torch.cuda.max_memory_reserved() / GiB + context}
-    del policy, reference, optimizer
-    torch.cuda.empty_cache()
+    del policy, reference, optimizer, models, model
+    release_gpu_memory()
     return out
 
 
@@ -134,14 +171,39 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help=f"which configurations ({', '.join(CASES)})")
     parser.add_argument("--chunk", nargs="+", type=int, default=[0, 2048], help="learner.logits_chunk_tokens values")
     parser.add_argument("--plan-only", action="store_true", help="print the plan, measure nothing")
-    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.add_argument("--out", type=Path, help="also write the checks and the table to this markdown file")
+    parser.add_argument("--skip-checks", action="store_true", help="the memory table alone")
+    parser.add_argument("--checks-only", action="store_true", help="the checks alone")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: the checks' maths over gloo, no memory figures (with --checks-only)")
     args = parser.parse_args(argv)
+    if args.device == "cpu" and not args.checks_only:
+        raise UserError("--device cpu runs the checks alone: add --checks-only")
+    failed: list[str] = []
+    checks: list[str] = []
     if not args.plan_only:
         import torch
 
-        if not torch.cuda.is_available():
+        if args.device == "cuda" and not torch.cuda.is_available():
             raise UserError("python -m kr1.bench.gpu measures a CUDA GPU and this machine has none "
-                            "(--plan-only prints the plan alone)")
+                            "(--plan-only prints the plan alone; --checks-only --device cpu the checks' maths)")
+        if not args.skip_checks:
+            from kr1.bench.gpu_checks import run_checks
+
+            device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+            if device.type == "cuda":
+                cuda_context_gib()  # before the checks' first tensor
+            rows = run_checks(device, say=lambda line: print(line, file=sys.stderr, flush=True))
+            checks = ["| check | measured | result |", "|---|---|---|"] + [
+                f"| {r.name} | {r.measured} | {'pass' if r.passed else 'FAIL'} |" for r in rows] + [""]
+            failed += [r.name for r in rows if not r.passed]
+    if args.checks_only:
+        print("\n".join(checks))
+        if args.out:
+            args.out.write_text("\n".join(checks) + "\n")
+        if failed:
+            raise SystemExit(f"failed: {', '.join(failed)}")
+        return
     conf = allocator_conf()[0]
     lines = [f"allocator: PYTORCH_CUDA_ALLOC_CONF={conf}", "",
              "| model | tokens | chunk | phase | kr1.plan GiB | peak allocated | peak reserved + context "
@@ -159,11 +221,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"{plan[phase] / m['reserved+context']:.2f}"]
                     lines.append(f"| {name} | {CASES[name].tokens} | {chunk} | {phase} | {plan[phase]:.2f} | "
                                  + " | ".join(cells) + " |")
+                    if m is not None and plan[phase] < m["reserved+context"]:
+                        failed.append(f"plan below measured ({name}, chunk {chunk}, {phase})")
                 print(lines[-2] + "\n" + lines[-1], file=sys.stderr, flush=True)
-    table = "\n".join(lines)
+    table = "\n".join(checks + lines)
     print(table)
     if args.out:
         args.out.write_text(table + "\n")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

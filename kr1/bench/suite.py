@@ -25,7 +25,8 @@ from kr1.data import load_questions
 from kr1.errors import UserError
 from kr1.run.assets import Assets, resolve_assets
 
-BENCHMARKS = ("rollout", "agent", "retrieval", "memory", "logits", "sync", "step", "overlap", "async", "scale")
+BENCHMARKS = ("rollout", "agent", "retrieval", "memory", "logits", "sync", "step", "overlap", "async", "driver",
+              "scale")
 # run only when asked for (--only scale): corpora of millions of passages, about half an hour and 10 GiB of disk
 ON_REQUEST = ("scale",)
 # passages of the full-size retrieval corpus, a wiki-like one (kr1.retrieval.wiki_like) with queries of its kind: a
@@ -54,13 +55,16 @@ class BenchSize:
     step_modes: bool  # driver steps under each rollout.mode, timed (the agent benchmark)
     scale_passages: tuple[int, ...] = (1_000_000, 2_000_000, 4_000_000)  # wiki-like corpus sizes (scale)
     mode_steps: int = 6  # driver steps per loop mode (async), after one that fills the queue
+    driver_questions: int = 170_000  # training questions of the driver benchmark (the NQ + HotpotQA recipe's)
+    driver_overrides: tuple[str, ...] = ()  # overrides of that recipe's config for the driver benchmark
 
 
 SIZES = {
     "full": BenchSize(64, 2000, 20, 3, 64, 64, 96, None, (2048, 4096), 1024, 3, (), True, True, True),
     "tiny": BenchSize(8, 200, 5, 1, 32, 16, 16, 1024, (256, 512), 128, 2,
                       ("trainer.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_turns=2"), False, False,
-                      False, (5_000, 10_000), 1),
+                      False, (5_000, 10_000), 1, driver_questions=2_000,
+                      driver_overrides=("trainer.prompts_per_step=16", "rollout.n_samples=2")),
 }
 
 
@@ -119,7 +123,7 @@ def _uses_assets(only: Sequence[str], s: BenchSize, corpus: Path | None) -> bool
         retrieval_reads = not s.large_corpus
     else:
         retrieval_reads = not (corpus.parent / "train.jsonl").is_file()
-    return bool(set(only) - {"scale", "logits", "retrieval"}) or ("retrieval" in only and retrieval_reads)
+    return bool(set(only) - {"scale", "logits", "retrieval", "driver"}) or ("retrieval" in only and retrieval_reads)
 
 
 def large_corpus(cache_dir: Path, passages: int = LARGE_PASSAGES) -> Path:
@@ -236,6 +240,13 @@ def _phases(b: _Bench) -> list[Row]:
     return rows
 
 
+def _driver(b: _Bench) -> list[Row]:
+    from kr1.bench.driver import RECIPE_CONFIG, driver_rows
+
+    return driver_rows(load_config(RECIPE_CONFIG, list(b.size.driver_overrides)), b.size.driver_questions,
+                       progress=b.progress)
+
+
 def _scale(b: _Bench) -> list[Row]:
     from kr1.bench.scale import scale_rows
 
@@ -245,7 +256,8 @@ def _scale(b: _Bench) -> list[Row]:
 # each part, in BENCHMARKS order, with the benchmarks it measures
 PARTS: tuple[tuple[tuple[str, ...], Callable[[_Bench], list[Row]]], ...] = (
     (("rollout",), _rollout), (("agent",), _agent), (("retrieval",), _retrieval), (("memory",), _memory),
-    (("logits",), _logits), (("sync",), _sync), (("step", "overlap", "async"), _phases), (("scale",), _scale))
+    (("logits",), _logits), (("sync",), _sync), (("step", "overlap", "async"), _phases), (("driver",), _driver),
+    (("scale",), _scale))
 
 
 def run_benchmarks(size: str, only: Sequence[str], world: Path | None = None, index: Path | None = None,

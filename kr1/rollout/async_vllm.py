@@ -53,10 +53,6 @@ class VLLMAsyncGenerator:
         args.update(enable_prefix_caching=True, disable_log_stats=True)
         self.own_loop = loop is None
         self.loop = loop or BackgroundLoop()
-        if not torch.cuda.is_available():
-            # a prefill split across steps makes vLLM rewind the request's seeded generator, which a CPU
-            # generator cannot do: each step takes whole prompts
-            args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len))
         self.llm = self.loop.run(self._start(args))
         self.tokenizer = self.llm.tokenizer
         self.end_ids = end_token_ids(self.tokenizer)

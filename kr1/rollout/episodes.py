@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 from kr1.config import Config
 from kr1.data import QARecord
 from kr1.retrieval.hits import Hit
-from kr1.rollout.protocol import INVALID_FEEDBACK, format_information, parse_action, prompt_token_ids
+from kr1.rollout.protocol import (INVALID_FEEDBACK, format_information, parse_action, prompt_messages,
+                                  prompt_token_ids)
 
 GenerateFn = Callable[[Sequence[Sequence[int]], Sequence[int], float, float], list[list[int]]]
 SearchFn = Callable[[Sequence[str]], list[list[Hit]]]
@@ -109,6 +110,25 @@ def new_episodes(questions: Sequence[QARecord], tokenizer: Any, n_samples: int,
         prompt = prompt_token_ids(tokenizer, q.problem, template)
         episodes.extend(Episode(q.id, s, list(prompt)) for s in range(n_samples))
     return episodes
+
+
+def prompt_lengths(questions: Sequence[QARecord], tokenizer: Any, template: str = "search_r1",
+                   chunk: int = 4096) -> list[int]:
+    """Each question's prompt length in tokens, as `new_episodes` builds it: the chat template rendered, then
+    tokenized `chunk` prompts per call (a fast tokenizer spreads each call over the machine's cores)."""
+    lengths: list[int] = []
+    for start in range(0, len(questions), chunk):
+        chats = [prompt_messages(q.problem, template) for q in questions[start:start + chunk]]
+        texts = tokenizer.apply_chat_template(chats, add_generation_prompt=True, tokenize=False)
+        lengths += [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return lengths
+
+
+def within_prompt_limit(questions: Sequence[QARecord], tokenizer: Any, template: str,
+                        max_tokens: int) -> list[QARecord]:
+    """The questions (in order) whose prompt, as `new_episodes` builds it, holds at most `max_tokens` tokens
+    (data.max_prompt_tokens)."""
+    return [q for q, n in zip(questions, prompt_lengths(questions, tokenizer, template)) if n <= max_tokens]
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

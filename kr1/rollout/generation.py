@@ -157,6 +157,13 @@ def vllm_engine_args(model_path: str, dtype: str, seed: int, gguf_file: str | No
         args.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
         if weight_sync in ("cuda_ipc", "nccl"):
             args["weight_transfer_config"] = {"backend": "ipc" if weight_sync == "cuda_ipc" else "nccl"}
+    else:
+        # a prefill split across steps makes vLLM rewind the request's seeded generator, which a CPU generator
+        # cannot do ("CPU Generator does not use offset"): each step takes whole prompts
+        args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len))
+    if weight_sync == "gloo":  # any device; every worker process imports the extension, which registers "gloo"
+        args.update(weight_transfer_config={"backend": "gloo"},
+                    worker_extension_cls="kr1.rollout.gloo_transfer.GlooWorkerExtension")
     return args
 
 

@@ -72,7 +72,7 @@ def one_step(run: TrainingRun, step: int, timer: PhaseTimer) -> tuple[dict[str, 
         scores = ray.get(pending_scores)
     batch = run.advantages(batch, scores)
     with timer("update"):
-        train_metrics = run.update(batch)
+        train_metrics = run.update(batch, step)
     with timer("sync_weights"):
         run.sync_weights()
     with timer("evaluate"):

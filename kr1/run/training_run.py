@@ -24,6 +24,9 @@ from actors.reference import ReferencePool
 from actors.reward import start_scorer
 from kr1.cluster import ensure_ray, stop_actors
 from kr1.config import Config, expand_path
+from kr1.data import QARecord
+from kr1.errors import UserError
+from kr1.rollout.episodes import within_prompt_limit
 from kr1.rollout.rewards import EpisodeScores, informative_groups
 from kr1.run.assets import resolve_assets
 from kr1.run.evaluation import evaluate, evaluate_closed_book
@@ -58,10 +61,16 @@ class TrainingRun:
         ensure_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard_host, include_dashboard=True)
         check_cluster_fits(cfg)
         self.assets = resolve_assets(cfg, progress=not quiet, decoy=cfg.trainer.eval_closed_book)
-        self.loader = PromptLoader(self.assets.questions("train"), cfg.trainer.prompts_per_step, cfg.trainer.seed)
+        from transformers import AutoTokenizer  # 3 s of imports: not for a command that only fails on its input
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.assets.model_path, **(
+            {"gguf_file": cfg.model.gguf_file} if cfg.model.gguf_file else {}))
+        train = training_questions(cfg, self.assets.questions("train"), self.tokenizer)
+        self.loader = PromptLoader(train, cfg.trainer.prompts_per_step, cfg.trainer.seed)
         self.golds = {q.id: q.golden_answers for q in self.loader.questions}
         self.supporting = {q.id: q.supporting_titles for q in self.loader.questions}
         self.types = {q.id: q.type for q in self.loader.questions}
+        # dev questions are all kept (a published benchmark counts every question; one too long ends unanswered)
         self.dev = self.assets.questions("dev")[:cfg.trainer.eval_prompts]
         inputs = input_fingerprints(self.assets.model_path, self.assets.index_dir, self.assets.split_paths("train"))
         # the run directory appears only once every input has been found and validated, and holds one run
@@ -76,12 +85,10 @@ class TrainingRun:
             raise
 
     def _start(self) -> None:
-        from transformers import AutoTokenizer  # 3 s of imports: not for a command that only fails on its input
-
         cfg, model = self.cfg, self.assets.model_path
         resume_from = self.state.resume_point() if cfg.trainer.resume else None  # before any actor starts
         self.state.begin(resume_from)
-        self.pad_id = AutoTokenizer.from_pretrained(model).pad_token_id or 0
+        self.pad_id = self.tokenizer.pad_token_id or 0
         self.placement = Placement(cfg)
         self.retriever = start_retriever(cfg.retriever, self.assets.index_dir)
         self.learners = LearnerGroup(cfg, model, self.placement)
@@ -160,8 +167,8 @@ class TrainingRun:
                         norm_by_std=self.cfg.algorithm.norm_by_std)
         return batch.with_fields(rewards=scores.rewards, advantages=adv.numpy().astype(np.float32))
 
-    def update(self, batch: TrainBatch) -> dict[str, float]:
-        return self.learners.update(batch)  # colocated engines sleep from ref_logprobs until sync_weights
+    def update(self, batch: TrainBatch, step: int) -> dict[str, float]:
+        return self.learners.update(batch, step)  # colocated engines sleep from ref_logprobs until sync_weights
 
     def sync_weights(self) -> None:
         """New weights to the engines; in async mode without waiting: each engine loads them after the rollouts
@@ -223,7 +230,7 @@ class TrainingRun:
         groups = len({e.question_id for e in episodes})  # without dynamic sampling: read off the step's scores
         sampling = rollout.sampling or {"informative_groups": 100.0 * len(informative_groups(
             [e.question_id for e in episodes], scores.rewards)) / max(1, groups)}
-        generated = sum(e.generated_tokens for e in episodes)
+        generated = batch.num_loss_tokens  # the episodes' generated tokens, summed in numpy
         metrics = {"reward/mean": figures.pop("reward_mean"), "reward/std": figures.pop("reward_std"),
                    **{f"rollout/{k}": v for k, v in {**figures, **sampling}.items()},
                    **{f"search/{k}": v for k, v in search_metrics(episodes, times.get("rollout", 0.0)).items()},
@@ -262,3 +269,17 @@ class TrainingRun:
         if getattr(self, "placement", None) is not None:
             self.placement.close()
         self.lock.release()
+
+
+def training_questions(cfg: Config, questions: list[QARecord], tokenizer: Any) -> list[QARecord]:
+    """The training split without the questions whose prompt is longer than data.max_prompt_tokens, dropped once
+    at start and counted in one line; none left: a UserError."""
+    limit = cfg.data.max_prompt_tokens
+    kept = within_prompt_limit(questions, tokenizer, cfg.rollout.prompt_template, limit)
+    if not kept:
+        raise UserError(f"all {len(questions):,} training questions are longer than data.max_prompt_tokens={limit} "
+                        "prompt tokens: raise data.max_prompt_tokens (below rollout.max_total_tokens)")
+    if len(kept) < len(questions):
+        print(f"dropped {len(questions) - len(kept):,} of {len(questions):,} training questions longer than "
+              f"data.max_prompt_tokens={limit} prompt tokens", file=sys.stderr, flush=True)
+    return kept

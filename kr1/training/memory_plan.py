@@ -25,7 +25,9 @@ max(learner.token_budget, rollout.max_total_tokens), h hidden, kv kv-heads x hea
   tensors stay reserved and are reused badly: 1.4 x (L*V*4) in the update and 0.75 x in a no-grad
   forward, L = T or C, fitted to what an H100 reserved beyond what it allocated (README, GPU memory
   plan). With expandable_segments:True, which the learner and reference processes get unless
-  PYTORCH_CUDA_ALLOC_CONF is set (then that stands, and the plan says so), the reserve is 0.
+  PYTORCH_CUDA_ALLOC_CONF is set (then that stands, and the plan says so), the reserve is 1.6 x (L*V*4)
+  + 0.65 x the fp32 parameter shard in the update and 0.2 x + 0.8 x in a no-grad forward, fitted to what
+  an H200 reserved in a run's steady state (after a first update: gradients and AdamW's moments exist).
 - reference `colocate`: a second FSDP2 model in each learner (fp32 shards) whose forward runs after the
   engines are put to sleep; `separate`: a full model.dtype copy per GPU.
 - engine (vLLM, tensor_parallel_size GPUs) preallocates gpu_memory_utilization of the GPU: weights
@@ -51,6 +53,10 @@ from kr1.errors import UserError
 GiB = 2**30
 # what PyTorch's default caching allocator keeps reserved beside the live tensors, per fp32 L x V block
 RESERVE = {"update": 1.4, "reference": 0.75}
+# with expandable segments, what stays mapped beside the live tensors: shares of the fp32 L x V block and of
+# the fp32 parameter shard (the optimizer step's and the gradient reduce-scatter's buffers), fitted to one
+# H200's steady-state table (python -m kr1.bench.gpu, README: measured within 0.85-1.07 of the plan without it)
+RESERVE_EXPANDABLE = {"update": (1.6, 0.65), "reference": (0.2, 0.8)}
 EXPANDABLE = "expandable_segments:True"
 CONTEXT = 1.0 * GiB  # per process: CUDA context, NCCL and cuBLAS workspaces (and vLLM's CUDA graphs)
 ENGINE_ACTIVATIONS = 1.0 * GiB  # vLLM's profiled forward peak, taken from its budget before the KV cache
@@ -231,6 +237,11 @@ def _learner(cfg: Config, d: ModelDims, cb: int, T: int, notes: list[str]) -> tu
     if not expandable:
         update["learner allocator reserve"] = RESERVE["update"] * L * V * 4
         ref_forward["reference allocator reserve"] = RESERVE["reference"] * L * V * 4
+    else:
+        logits_share, params_share = RESERVE_EXPANDABLE["update"]
+        update["learner allocator reserve"] = logits_share * L * V * 4 + params_share * 4 * P / n
+        logits_share, params_share = RESERVE_EXPANDABLE["reference"]
+        ref_forward["reference allocator reserve"] = logits_share * L * V * 4 + params_share * 4 * P / n
     return resident, update, ref_forward
 
 
@@ -360,7 +371,8 @@ def sync_note(cfg: Config, d: ModelDims) -> str:
     how = {"object_store": f"gathered on learner rank 0, put in the object store in buckets of "
                            f"{cfg.learner.sync_bucket_mb} MiB, fetched by each engine",
            "cuda_ipc": "CUDA IPC handles to the gathered tensors, copied device to device",
-           "nccl": "broadcast from learner rank 0 over NCCL"}[mode]
+           "nccl": "broadcast from learner rank 0 over NCCL",
+           "gloo": "broadcast from learner rank 0 over gloo, through host memory"}[mode]
     return (f"weight sync ({mode}): {size:.2f} GiB per step in {cfg.model.dtype} ({how}); "
             f"fp32 would be {d.num_params * 4 / GiB:.2f} GiB")
 

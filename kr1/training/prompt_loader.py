@@ -6,7 +6,8 @@
 Each epoch is a fresh seeded permutation; a step's slice may run across an epoch
 boundary. Nothing is stateful, so resuming at step s reads exactly what an
 uninterrupted run reads at step s; `position(step)` is the data-loader position
-recorded in checkpoints.
+recorded in checkpoints. The permutations of the last two epochs read are kept (a cache,
+not state): a step costs its own slice, not a permutation of the whole training set.
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ class PromptLoader:
         self.questions = list(questions)
         self.per_step = per_step
         self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}  # epoch -> its permutation, the last two epochs read
 
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.questions))
+        """The epoch's seeded permutation, computed once while it is read."""
+        order = self._orders.get(epoch)
+        if order is None:
+            order = self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.questions))
+            if len(self._orders) > 2:  # a step smaller than an epoch reads at most two: the oldest goes
+                del self._orders[next(iter(self._orders))]
+        return order
 
     def position(self, step: int) -> int:
         """Questions consumed before `step` (the loader's position)."""
@@ -41,9 +49,12 @@ class PromptLoader:
         return [q for q, _ in zip(fresh, range(self.per_step))]
 
     def batch(self, step: int) -> list[QARecord]:
-        n = len(self.questions)
-        out = []
-        for position in range(self.position(step), self.position(step + 1)):
+        """Questions `position(step)` to `position(step + 1)` of the concatenated epoch permutations."""
+        n, out = len(self.questions), []
+        position, end = self.position(step), self.position(step + 1)
+        while position < end:  # one slice per epoch the step reads (two where it crosses a boundary)
             epoch, offset = divmod(position, n)
-            out.append(self.questions[int(self._order(epoch)[offset])])
+            take = min(end - position, n - offset)
+            out += [self.questions[int(i)] for i in self._order(epoch)[offset:offset + take]]
+            position += take
         return out

@@ -29,7 +29,8 @@ def shard_model(model: Any, mesh: Any, cpu_offload: bool, mixed_precision: bool)
 
     kwargs: dict[str, Any] = {"mesh": mesh}
     if cpu_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
+        # pinned host memory needs an accelerator (a CPU-only run keeps the same code path, unpinned)
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     if mixed_precision:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in model.model.layers:

@@ -1,4 +1,5 @@
-"""The learner group: parity with the pure functions, FSDP over 2 ranks, token budgets, mini-batches.
+"""The learner group: parity with the pure functions, FSDP over 2 ranks, token budgets, mini-batches at the
+warm-up's rate, CPU offload and gradient checkpointing.
 
 Weight sync into the engines is tested with the engines (tests/actors/test_rollout_engine_actor.py).
 """
@@ -93,10 +94,56 @@ def test_a_small_token_budget_changes_memory_not_the_update(tiny_model, rollout_
         torch.testing.assert_close(w_small[name], w_whole[name], atol=1e-5, rtol=1e-4)
 
 
-def test_reinforce_and_mini_batches_run(ray_session, tiny_model, rollout_batch):
-    metrics, _ = _update(_cfg(**{"learner.mini_batches": 2, "algorithm.kl_estimator": "k1"}), tiny_model,
-                         rollout_batch)
-    assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+def test_offload_and_gradient_checkpointing_make_the_same_update_under_fsdp(tiny_model, rollout_batch, two_ranks):
+    """The recipes' memory savers (FSDP2 CPU offload of parameters and optimizer state, recomputed activations)
+    on 2 ranks: the same update as without them."""
+    cfg = _cfg(**{"learner.cpu_offload": "true", "learner.gradient_checkpointing": "true"})
+    saved, w_saved = _update(cfg, tiny_model, rollout_batch)
+    whole, w_whole = two_ranks
+    for name in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
+        assert saved[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-7), name
+    for name in w_whole:
+        torch.testing.assert_close(w_saved[name], w_whole[name], atol=1e-5, rtol=1e-4)
+
+
+def test_mini_batches_step_from_the_rollout_policy_at_the_warmup_rate(ray_session, tiny_model, rollout_batch):
+    """Search-R1's step through the actor: REINFORCE++ advantages, two optimizer steps (mini-batches) whose
+    ratios are taken against the rollout policy's log-probs, at the warm-up's rate, equal the pure function run
+    mini-batch by mini-batch."""
+    from kr1.training.algorithms import ADVANTAGE_ESTIMATORS, loss_normalizer
+    from kr1.training.lr_schedule import learning_rate
+    from kr1.training.policy_update import batch_logprobs
+
+    cfg = _cfg(**{"learner.mini_batches": 2, "algorithm.advantage": "reinforce_pp", "learner.lr": "1e-3",
+                  "learner.lr_warmup_ratio": 0.5, "trainer.total_steps": 8})
+    rewards = torch.tensor(np.random.default_rng(1).integers(0, 2, len(rollout_batch)), dtype=torch.float32)
+    advantages = ADVANTAGE_ESTIMATORS["reinforce_pp"](rewards, torch.tensor(rollout_batch.group_ids))
+    batch = rollout_batch.with_fields(advantages=advantages.numpy())
+    step, rate = 1, learning_rate(cfg.learner, 1, cfg.trainer.total_steps)
+    assert rate == pytest.approx(cfg.learner.lr / 2)  # step 2 of a 4-step warm-up
+    group = LearnerGroup(cfg, str(tiny_model))
+    try:
+        remote = group.update(batch, step)
+        after = synced_weights(group)
+    finally:
+        group.close()
+    model = load_causal_lm(str(tiny_model), "float32")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=rate, weight_decay=cfg.learner.weight_decay)
+    batcher, cpu, t = TokenBudgetBatcher(cfg.learner.token_budget), torch.device("cpu"), cfg.rollout.temperature
+    old = batch_logprobs(model, batch, batcher.split(batch.lengths), cpu, temperature=t)
+    local: dict = {}
+    for mini in batch.with_fields(old_logprobs=old).chunk(2):
+        out = train_step(model, optimizer, mini, batcher.split(mini.lengths), scale=1.0, algo=cfg.algorithm,
+                         normalizer=loss_normalizer(mini.loss_mask, cfg.algorithm.loss_agg),
+                         grad_clip=cfg.learner.grad_clip, device=cpu, temperature=t)
+        for name, value in out.items():
+            local[name] = local.get(name, 0.0) + value / 2
+    assert remote["lr"] == rate
+    assert local["clip_fraction"] > 0  # the second mini-batch stepped away from the rollout policy
+    for name in ("loss", "pg_loss", "kl", "entropy", "grad_norm", "clip_fraction"):
+        assert remote[name] == pytest.approx(local[name], rel=1e-4, abs=1e-6), name
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(after[name], value, atol=0.1 * rate, rtol=1e-4)
 
 
 def test_chunked_logits_make_the_same_update_under_fsdp(tiny_model, rollout_batch, two_ranks):

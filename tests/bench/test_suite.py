@@ -65,3 +65,19 @@ def test_a_failing_benchmark_prints_the_rows_measured_before_it(error, status, m
     assert last.startswith("error: the scale benchmark failed: ") and "1 row(s) measured before it" in last, last
     assert str(error).splitlines()[0] in last and "second line" not in last
     assert ("Traceback" in printed.err) == (status == 1)  # a bug keeps its traceback; a user error is one line
+
+
+def test_the_driver_row_runs_at_the_tiny_size_without_ray_or_the_default_world(monkeypatch, tmp_path):
+    """`--only driver` builds nothing and starts no actor: the row's parts are timed on synthetic episodes, and its
+    ratio is the driver's seconds over the named rollout budget."""
+    from kr1.bench.driver import ROLLOUT_BUDGET_S
+
+    assert suite.build_plan("tiny", ["driver"], load_config("default")) == []
+    monkeypatch.setattr(suite, "ensure_ray", lambda *args: None)
+    [row] = suite.run_benchmarks("tiny", ["driver"], cache_dir=tmp_path)
+    assert row.benchmark == "driver" and "2,000 questions, 16 prompts x 2 samples" in row.setting
+    shown = float(row.kr1.removesuffix(" ms")) / 1000  # to 0.1 ms
+    assert row.ratio == pytest.approx(shown / ROLLOUT_BUDGET_S, abs=0.05e-3 / ROLLOUT_BUDGET_S)
+    assert row.met in ("yes", "no")
+    for part in ("prompt selection", "batch assembly", "advantages", "learner slices", "metrics and log"):
+        assert f"{part} " in row.notes

@@ -11,7 +11,8 @@ from kr1.plan import main as plan_main
 
 def test_cli_exits_1_with_one_line_when_over(capsys):
     with pytest.raises(SystemExit) as e:
-        plan_main(["--config", "2wiki_qwen2.5_7b_instruct", "learner.num_workers=1"])
+        plan_main(["--config", "2wiki_qwen2.5_7b_instruct", "learner.num_workers=1", "rollout.num_engines=1",
+                   "rollout.tensor_parallel_size=1"])  # one GPU: the whole 7B learner and its AdamW state
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: learner+reference+engine needs ")

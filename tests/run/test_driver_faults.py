@@ -325,9 +325,9 @@ def test_a_death_past_max_recoveries_ends_the_run(ray_session, untrained_run_ove
 
     real_update = LearnerGroup.update
 
-    def update_then_kill(self, batch):
+    def update_then_kill(self, batch, step):
         ray.kill(self.workers[0])
-        return real_update(self, batch)
+        return real_update(self, batch, step)
 
     monkeypatch.setattr(LearnerGroup, "update", update_then_kill)
     cfg = load_config("default", untrained_run_overrides(tmp_path / "run", **{

@@ -35,7 +35,7 @@ def test_a_cluster_that_can_grow_is_waited_for():
     ([], {"learner": [{"CPU": 1}] * 2, "engine": [{"CPU": 1}]}),
     (["reference.placement=separate", "reference.num_workers=3"],
      {"learner": [{"CPU": 1}] * 2, "engine": [{"CPU": 1}], "reference": [{"CPU": 1}] * 3}),
-    (["cluster.gpus_per_node=4", "rollout.num_engines=2", "rollout.tensor_parallel_size=2"],
+    (["cluster.gpus_per_node=4", "rollout.backend=vllm", "rollout.num_engines=2", "rollout.tensor_parallel_size=2"],
      {"learner": [{"GPU": 1, "CPU": 1}] * 2, "engine": [{"GPU": 1, "CPU": 1}] * 4}),
 ])
 def test_bundles_per_layout(overrides, bundles):

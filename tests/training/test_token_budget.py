@@ -74,3 +74,28 @@ def test_chunk_select_concat_round_trip():
     assert trimmed.input_ids.shape == (1, 6)
     with pytest.raises(ValueError):
         TokenBudgetBatcher(0).split(np.array([3]))
+
+
+def test_rank_parts_and_rows_back_undo_each_other_and_consecutive_rows_are_views():
+    """The learner group's slicing in the driver: each rank's part holds its rows (trimmed to them), its micro-batches
+    index that part, and the ranks' values go back to their rows; `chunk`'s consecutive rows cost no copy."""
+    from kr1.training.token_budget import rank_parts, rows_back
+
+    rng = np.random.default_rng(0)
+    episodes = [_episode(str(i // 3), [1] * int(rng.integers(2, 6)), list(range(10, 10 + n)), [1] * n)
+                for i, n in enumerate(rng.integers(1, 30, 24))]
+    batch = TrainBatch.from_episodes(episodes, pad_id=0).with_fields(advantages=rng.normal(size=24).astype(np.float32))
+    parts = rank_parts(batch, TokenBudgetBatcher(64), 3)
+    assert sorted(int(r) for rows, _, _ in parts for r in rows) == list(range(24))
+    for rows, part, micro in parts:
+        assert part.input_ids.shape == (len(rows), int(batch.lengths[rows].max()))
+        np.testing.assert_array_equal(part.advantages, batch.advantages[rows])
+        assert sorted(int(i) for m in micro for i in m) == list(range(len(rows)))
+    values = [part.input_ids.astype(np.float32) for _, part, _ in parts]  # each rank's (rows, T_part) answer
+    back = rows_back(batch.input_ids.shape, [rows for rows, _, _ in parts], values)
+    np.testing.assert_array_equal(back, batch.input_ids.astype(np.float32))
+    first = batch.chunk(2)[0]
+    assert np.shares_memory(first.input_ids, batch.input_ids)  # a view
+    np.testing.assert_array_equal(first.input_ids, batch.input_ids[:12, :first.input_ids.shape[1]])
+    assert first.input_ids.shape[1] == int(batch.lengths[:12].max())
+    assert batch.tokens_only().advantages is None and batch.tokens_only().input_ids is batch.input_ids
