@@ -11,6 +11,7 @@ they die and their calls are retried, so a lost shard costs latency, not a rollo
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -87,10 +88,23 @@ class RetrieverPool:
         often open with the same search) is searched once (`BatchHits.unique` counts those searched)."""
         if not queries:
             return BatchHits([], 0)
+        keys, distinct = self._keys(queries)
+        return self._answer(keys, distinct, ray.get(self.search_refs(distinct, k)), k)
+
+    async def search_async(self, queries: Sequence[str], k: int | None = None) -> list[list[Hit]]:
+        """`search` for a caller on an asyncio loop (kr1.serve's endpoint): awaits the shards, holds no thread."""
+        if not queries:
+            return BatchHits([], 0)
+        keys, distinct = self._keys(queries)
+        return self._answer(keys, distinct, await asyncio.gather(*self.search_refs(distinct, k)), k)
+
+    def _keys(self, queries: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Each query's key (what the index sees of it), and the distinct keys, in first-seen order."""
         keys = [query_key(q, self.max_query_chars, self.lowercase) for q in queries]
-        distinct = list(dict.fromkeys(keys))
-        merged = merge_hits(ray.get(self.search_refs(distinct, k)), k or self.top_k)
-        found = dict(zip(distinct, merged))
+        return keys, list(dict.fromkeys(keys))
+
+    def _answer(self, keys: list[str], distinct: list[str], per_shard: Sequence[Any], k: int | None) -> BatchHits:
+        found = dict(zip(distinct, merge_hits(per_shard, k or self.top_k)))
         return BatchHits([list(found[key]) for key in keys], len(distinct))
 
     def close(self) -> None:

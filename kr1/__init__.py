@@ -1,7 +1,7 @@
 """kr1: Knowledge-R1, Ray-native RL for language models that reason with a search engine.
 
 Layers (tests/test_layers.py keeps them true):
-  commands   driver, eval, search, plan, bench: thin mains, imported by nothing
+  commands   driver, eval, search, plan, coverage, serve, bench: thin mains, imported by nothing
   shared     config, config_checks, data, errors, atomic_write, logprobs (pure), cluster (starts or joins Ray)
   pure       retrieval/ < rollout/ < training/: no Ray, no actors, no pipelines, none imports a higher one
   run/       orchestration: the only kr1 code that imports actors/ or pipelines/

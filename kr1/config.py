@@ -58,8 +58,17 @@ class RetrieverConfig:
     corpus_path: str | None = None
     num_shards: int = 2
     top_k: int = 3
-    # numba: compiled scoring (default, identical results); numpy: no compilation
+    # where hits come from. numba | numpy: the sharded BM25 pool of index_dir, scoring with compiled (default) or
+    # plain numpy kernels (identical results); http: a server of Search-R1's `POST /retrieve` protocol at `url`
+    # (any of the field's, or `python -m kr1.serve --index DIR`), with the bearer token in $KR1_RETRIEVER_TOKEN if set
     backend: str = "numba"
+    # backend=http only: the endpoint, e.g. http://127.0.0.1:8000/retrieve
+    url: str | None = None
+    # backend=http: requests in flight per engine, seconds each may take, and tries after a failed one (pauses
+    # doubling from 0.5 s); the server's top-k is top_k, and the pool-only keys (num_shards, k1, b ...) are unused
+    http_max_concurrency: int = 8
+    http_timeout_s: float = 30.0
+    http_retries: int = 3
     # longer queries are cut to this many characters before tokenising
     max_query_chars: int = 1000
     # each retrieved passage is cut to this many characters in <information>

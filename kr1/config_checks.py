@@ -17,7 +17,7 @@ from typing import Any
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.name": ("synthetic", "files", "2wiki"),
     "data.split": ("train", "dev", "test"),
-    "retriever.backend": ("numba", "numpy"),
+    "retriever.backend": ("numba", "numpy", "http"),
     "model.dtype": ("float32", "bfloat16"),
     "model.bootstrap_size": ("tiny", "small"),
     "rollout.backend": ("hf", "vllm"),
@@ -40,13 +40,15 @@ POSITIVE = (
     "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
     "algorithm.max_sampling_rounds", "rollout.search_batch_size", "rollout.search_flush_ms",
     "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens", "algorithm.behaviour_clip",
-    "cluster.placement_timeout_s", "trainer.keep_checkpoints",
+    "cluster.placement_timeout_s", "trainer.keep_checkpoints", "retriever.http_max_concurrency",
+    "retriever.http_timeout_s",
 )
 
 
 def config_problem(cfg: Any) -> str | None:
     """The first problem of `cfg` (a kr1.config.Config), as one line, or None."""
-    return _value_problem(cfg) or _run_problem(cfg) or _placement_problem(cfg) or _length_problem(cfg)
+    return (_value_problem(cfg) or _retriever_problem(cfg.retriever) or _run_problem(cfg) or _placement_problem(cfg)
+            or _length_problem(cfg))
 
 
 def _value_problem(cfg: Any) -> str | None:
@@ -82,6 +84,22 @@ def _value_problem(cfg: Any) -> str | None:
     if cfg.retriever.num_cpus_per_shard < 0:  # Ray refuses the actor only once the run has started
         return (f"bad value for 'retriever.num_cpus_per_shard': {cfg.retriever.num_cpus_per_shard!r} "
                 "(0 or more)")
+    return None
+
+
+def _retriever_problem(r: Any) -> str | None:
+    """retriever.url goes with backend=http, and only with it."""
+    if r.backend == "http":
+        if not r.url:
+            return ("retriever.backend=http needs retriever.url, the server's endpoint "
+                    "(e.g. retriever.url=http://127.0.0.1:8000/retrieve)")
+        if not r.url.startswith(("http://", "https://")):
+            return f"bad value for 'retriever.url': {r.url!r} (an http:// or https:// endpoint)"
+    elif r.url:
+        return (f"retriever.url is set and retriever.backend is {r.backend} (the in-process pool): set "
+                "retriever.backend=http to search the server, or unset retriever.url")
+    if r.http_retries < 0:
+        return f"bad value for 'retriever.http_retries': {r.http_retries!r} (0 or more)"
     return None
 
 

@@ -134,6 +134,12 @@ REFUSED = {
                                   ["learner.weight_sync=gloo needs rollout.backend=vllm (it is hf)"]),
     "a negative share of a core per shard": (["retriever.num_cpus_per_shard=-1"],
                                              ["'retriever.num_cpus_per_shard': -1.0"]),
+    "an http retriever without its url": (["retriever.backend=http"], ["retriever.backend=http needs retriever.url"]),
+    "a url for the in-process pool": (["retriever.url=http://127.0.0.1:8000/retrieve"],
+                                      ["retriever.url is set", "retriever.backend is numba", "retriever.backend=http"]),
+    "a url that is not http": (["retriever.backend=http", "retriever.url=127.0.0.1:8000"], ["'retriever.url'"]),
+    "negative http retries": (["retriever.backend=http", "retriever.url=http://h/retrieve",
+                               "retriever.http_retries=-1"], ["'retriever.http_retries': -1"]),
 }
 
 

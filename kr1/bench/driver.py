@@ -89,7 +89,7 @@ def synthetic_episodes(questions: list[QARecord], cfg: Config, seed: int = 0) ->
 def synthetic_scores(episodes: list[Episode], seed: int = 0) -> EpisodeScores:
     """Exact-match rewards of a policy that answers a third of the time (most groups informative)."""
     em = (np.random.default_rng(seed).random(len(episodes)) < 1 / 3).astype(np.float32)
-    return EpisodeScores(rewards=em, em=em, f1=em, format=np.ones_like(em), cover_em=em,
+    return EpisodeScores(rewards=em, em=em, f1=em, format=np.ones_like(em), cover_em=em, sub_em=em,
                          evidence=np.full_like(em, np.nan))
 
 

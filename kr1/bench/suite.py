@@ -192,6 +192,7 @@ def _agent(b: _Bench) -> list[Row]:
 
 def _retrieval(b: _Bench) -> list[Row]:
     from kr1.bench.retrieval import retrieval_rows
+    from kr1.bench.served import served_rows  # the same index served over HTTP
 
     corpus, kind = b.corpus, ""
     if corpus is None and b.size.large_corpus:
@@ -204,7 +205,8 @@ def _retrieval(b: _Bench) -> list[Row]:
         split = corpus.parent / "train.jsonl"
         queries = [q.problem for q in (load_questions(split) if split.is_file() else b.assets.questions("train"))]
     return retrieval_rows(corpus, queries[:b.size.queries], b.cache_dir, b.size.rank_bm25_queries, b.size.repeats,
-                          b.progress, corpus_kind=kind)
+                          b.progress, corpus_kind=kind) + \
+        served_rows(corpus, queries[:b.size.queries], b.cache_dir, repeats=b.size.repeats, progress=b.progress)
 
 
 def _memory(b: _Bench) -> list[Row]:

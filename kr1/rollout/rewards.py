@@ -1,4 +1,4 @@
-"""Reward functions: exact match, token F1, cover EM, format and evidence, weighted into one scalar per episode.
+"""Reward functions: exact match, token F1, cover EM, sub-EM, format and evidence, weighted into one scalar per episode.
 
 Each reward is a plain function `score(answers, golds, **meta) -> list[float]` where
 `answers` are the episodes' final answers (None when an episode never answered) and
@@ -41,21 +41,40 @@ def exact_match(answer: str | None, golds: Sequence[str]) -> float:
 
 
 def cover_exact_match(answer: str | None, golds: Sequence[str]) -> float:
-    """1 when a normalised gold alias appears, on word boundaries, inside the normalised answer (Search-R1's
-    and FlashRAG's "cover EM" / sub-EM: credit for a right answer said at length)."""
+    """1 when a normalised gold alias appears, on word boundaries, inside the normalised answer: kr1's cover EM,
+    credit for a right answer said at length ("Voss" is not inside "Vossberg"). Not the published sub-EM."""
     if answer is None:
         return 0.0
     prediction = f" {normalize_answer(answer)} "
     return float(any(f" {g} " in prediction for g in map(normalize_answer, golds) if g))
 
 
-def token_f1(answer: str | None, golds: Sequence[str]) -> float:
+def sub_exact_match(answer: str | None, golds: Sequence[str]) -> float:
+    """1 when a normalised gold alias is a plain substring of the normalised answer, as Search-R1's
+    `subem_check` and FlashRAG's sub-EM define it (so "voss" is inside "vossberg", and an alias that
+    normalises to nothing is inside every answer)."""
     if answer is None:
         return 0.0
-    predicted = normalize_answer(answer).split()
+    prediction = normalize_answer(answer)
+    return float(any(normalize_answer(g) in prediction for g in golds))
+
+
+_CLOSED_ANSWERS = ("yes", "no", "noanswer")
+
+
+def token_f1(answer: str | None, golds: Sequence[str]) -> float:
+    """Token F1 against the best alias, with the official HotpotQA rule: when the normalised answer or alias is
+    yes, no or noanswer and the two differ, F1 is 0 (no partial credit for "no" against "no way")."""
+    if answer is None:
+        return 0.0
+    normalized = normalize_answer(answer)
+    predicted = normalized.split()
     best = 0.0
     for gold in golds:
-        expected = normalize_answer(gold).split()
+        expected_text = normalize_answer(gold)
+        if (normalized in _CLOSED_ANSWERS or expected_text in _CLOSED_ANSWERS) and normalized != expected_text:
+            continue
+        expected = expected_text.split()
         common = sum((Counter(predicted) & Counter(expected)).values())
         if common:
             precision, recall = common / len(predicted), common / len(expected)
@@ -73,6 +92,10 @@ def f1_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], **m
 
 def cover_em_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], **meta: Any) -> list[float]:
     return [cover_exact_match(a, g) for a, g in zip(answers, golds)]
+
+
+def sub_em_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]], **meta: Any) -> list[float]:
+    return [sub_exact_match(a, g) for a, g in zip(answers, golds)]
 
 
 def _title_key(title: str) -> str:
@@ -112,17 +135,18 @@ def format_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]],
 
 
 REWARD_FUNCTIONS: dict[str, RewardFn] = {"em": em_reward, "f1": f1_reward, "cover_em": cover_em_reward,
+                                         "sub_em": sub_em_reward,
                                          "format": format_reward, "evidence": evidence_reward,
                                          "answered_evidence": answered_evidence_reward}
 
 
 def combined_rewards(answers: Sequence[str | None], golds: Sequence[Sequence[str]], weights: Mapping[str, float],
                      **meta: Any) -> tuple[list[float], dict[str, list[float]]]:
-    """Weighted sum of the named rewards, and each part (EM, F1 and cover EM always, for logging)."""
+    """Weighted sum of the named rewards, and each part (EM, F1, cover EM and sub-EM always, for logging)."""
     unknown = set(weights) - set(REWARD_FUNCTIONS)
     if unknown:
         raise ValueError(f"unknown reward(s) {sorted(unknown)} (known: {sorted(REWARD_FUNCTIONS)})")
-    names = sorted(set(weights) | {"em", "f1", "cover_em"})
+    names = sorted(set(weights) | {"em", "f1", "cover_em", "sub_em"})
     parts = {name: REWARD_FUNCTIONS[name](answers, golds, **meta) for name in names}
     total = [sum(weights.get(name, 0.0) * parts[name][i] for name in names) for i in range(len(answers))]
     return total, parts
@@ -136,7 +160,8 @@ class EpisodeScores:
     em: np.ndarray  # (B,) float32 exact match against the best alias
     f1: np.ndarray  # (B,) float32 token F1 against the best alias
     format: np.ndarray  # (B,) float32 1 = answered with no invalid action
-    cover_em: np.ndarray  # (B,) float32 a gold alias inside the answer
+    cover_em: np.ndarray  # (B,) float32 a gold alias inside the answer, on word boundaries (kr1's cover EM)
+    sub_em: np.ndarray  # (B,) float32 a gold alias a substring of the answer (Search-R1's and FlashRAG's sub-EM)
     evidence: np.ndarray  # (B,) float32 supporting passages retrieved, as a share; NaN without supporting titles
 
     def select(self, rows: Sequence[int]) -> "EpisodeScores":
@@ -179,4 +204,5 @@ def score_episodes(episodes: Sequence[Any], golds: Mapping[str, Sequence[str]], 
                                     retrieved_titles=read, supporting_titles=needed)
     as_array = lambda values: np.asarray(values, dtype=np.float32)  # noqa: E731
     return EpisodeScores(as_array(total), as_array(parts["em"]), as_array(parts["f1"]), as_array(parts["format"]),
-                         as_array(parts["cover_em"]), as_array(list(map(evidence_recall, read, needed))))
+                         as_array(parts["cover_em"]), as_array(parts["sub_em"]),
+                         as_array(list(map(evidence_recall, read, needed))))

@@ -24,7 +24,7 @@ from kr1.data import DataError, QARecord, load_questions
 from kr1.rollout.rewards import EpisodeScores, reward_weights, score_episodes
 from kr1.run.assets import resolve_assets, resolve_model_path
 from kr1.run.metrics import episode_metrics, type_metrics
-from kr1.run.pools import start_engines, start_retriever
+from kr1.run.pools import start_engines, start_index_pool, start_retriever
 from pipelines.prepare_benchmarks import EVAL_SPLITS, MANIFEST
 
 
@@ -78,7 +78,7 @@ def evaluate_closed_book(cfg: Config, questions: Sequence[QARecord], engines: An
     """`evaluate` with every search answered from `decoy_index` (passages that cannot answer these questions):
     EM when retrieval cannot help."""
     # no CPU reserved: it serves only while the run's own retriever waits, and a full cluster would never place it
-    decoy = start_retriever(cfg.retriever, decoy_index, num_cpus_per_shard=0, any_shards=True)
+    decoy = start_index_pool(cfg.retriever, decoy_index, num_cpus_per_shard=0, any_shards=True)  # local, also with http
     try:
         return evaluate(cfg, questions, engines, decoy)
     finally:

@@ -28,7 +28,7 @@ OPTIONAL_COLUMNS = {"evidence_recall": "evidence %", "closed_book_em": "closed-b
 
 # the benchmark table's columns (Search-R1's and FlashRAG's figures, and how the agent behaved)
 BENCHMARK_COLUMNS = {
-    "em": "EM", "f1": "F1", "cover_em": "cover EM", "searches": "searches", "turns": "turns",
+    "em": "EM", "f1": "F1", "cover_em": "cover EM", "sub_em": "sub-EM", "searches": "searches", "turns": "turns",
     "response_tokens": "resp. tokens", "invalid_rate": "invalid %", "answered": "answered %", "n": "n",
 }
 
@@ -49,6 +49,7 @@ def episode_metrics(episodes: Sequence[Any], scores: EpisodeScores) -> dict[str,
         "em": 100.0 * float(scores.em.mean()),
         "f1": 100.0 * float(scores.f1.mean()),
         "cover_em": 100.0 * float(scores.cover_em.mean()),
+        "sub_em": 100.0 * float(scores.sub_em.mean()),
         "reward_mean": float(scores.rewards.mean()),
         "reward_std": float(scores.rewards.std()),
         "turns": float(np.mean([e.turns for e in episodes])),

@@ -61,7 +61,8 @@ def resource_needs(cfg: Config) -> dict[str, dict[str, float]]:
     """CPUs and GPUs each part of the run takes: the placement groups, the retriever shards, the scorer."""
     needs = {name: {"CPU": sum(b.get("CPU", 0) for b in bundles), "GPU": sum(b.get("GPU", 0) for b in bundles)}
              for name, bundles in placement_bundles(cfg).items()}
-    needs["retriever shards"] = {"CPU": cfg.retriever.num_shards * cfg.retriever.num_cpus_per_shard, "GPU": 0.0}
+    shards = 0 if cfg.retriever.backend == "http" else cfg.retriever.num_shards  # http: a server elsewhere
+    needs["retriever shards"] = {"CPU": shards * cfg.retriever.num_cpus_per_shard, "GPU": 0.0}
     needs["reward scorer"] = {"CPU": SCORER_CPUS, "GPU": 0.0}
     return needs
 

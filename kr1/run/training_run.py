@@ -32,7 +32,7 @@ from kr1.run.assets import resolve_assets
 from kr1.run.evaluation import evaluate, evaluate_closed_book
 from kr1.run.metrics import episode_metrics, metrics_table, search_metrics, type_metrics, type_table
 from kr1.run.placement import Placement, check_cluster_fits
-from kr1.run.pools import start_engines, start_retriever
+from kr1.run.pools import check_retriever, start_engines, start_retriever
 from kr1.run.ray_metrics import RunGauges
 from kr1.run.resume_check import input_fingerprints
 from kr1.run.rollout_queue import RolloutQueue
@@ -73,6 +73,7 @@ class TrainingRun:
         # dev questions are all kept (a published benchmark counts every question; one too long ends unanswered)
         self.dev = self.assets.questions("dev")[:cfg.trainer.eval_prompts]
         inputs = input_fingerprints(self.assets.model_path, self.assets.index_dir, self.assets.split_paths("train"))
+        check_retriever(cfg.retriever)  # a retrieval server that does not answer stops the run here
         # the run directory appears only once every input has been found and validated, and holds one run
         self.output_dir = expand_path(cfg.trainer.output_dir)
         self.lock = RunLock.acquire(self.output_dir)

@@ -9,7 +9,7 @@ import pytest
 from kr1.bench.__main__ import main
 from kr1.bench.table import parse_table
 
-ROWS_PER_BENCHMARK = {"rollout batching": 1, "agent loop": 2, "retrieval": 4, "learner memory": 4, "learner logits": 4,
+ROWS_PER_BENCHMARK = {"rollout batching": 1, "agent loop": 2, "retrieval": 5, "learner memory": 4, "learner logits": 4,
                       "weight sync": 2, "step breakdown": 8, "overlap": 2, "async": 2, "driver": 1}
 
 
@@ -31,6 +31,7 @@ def test_tiny_bench_prints_every_row_with_a_numeric_ratio(ray_session, world_dir
     for shards in ("1 shard", "2 shards", "4 shards"):
         pool = by_setting[f"pool, {shards} vs bm25s in-process"]
         assert "top-k equal to the 1-shard index: yes" in pool["notes"]
+    assert "same passages: yes" in by_setting["pool served over HTTP (kr1.serve) vs in-process, 8 clients"]["notes"]
     assert by_setting["weight sync (object store)"]["met"] in ("yes", "no")
     assert float(by_setting["retrieval, inside the rollout"]["ratio"]) > 0  # Episode.search_seconds was timed
     assert all(float(r["ratio"]) > 0 for r in table if r["benchmark"] == "learner memory")

@@ -1,15 +1,20 @@
-"""Exact match, token F1 and format rewards on known cases."""
+"""Exact match, token F1, sub-EM and format rewards on known cases, and sub-EM and F1 against the published
+definitions (Search-R1's `subem_check`, the official HotpotQA `f1_score`) on generated strings."""
 
 from __future__ import annotations
 
 import math
+import re
+import string
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from kr1.rollout.rewards import (combined_rewards, evidence_recall, exact_match, normalize_answer, score_episodes,
-                                 token_f1)
+from kr1.rollout.rewards import (combined_rewards, cover_exact_match, evidence_recall, exact_match, normalize_answer,
+                                 score_episodes, sub_exact_match, token_f1)
 
 
 def test_normalisation():
@@ -87,3 +92,53 @@ def test_answered_evidence_pays_only_episodes_that_answer():
     np.testing.assert_allclose(gated.evidence, [1.0, 1.0])  # both read the passages: the metric says so
     plain = score_episodes([answered, unanswered], golds, {"em": 1.0, "evidence": 0.5}, supporting)
     np.testing.assert_allclose(plain.rewards, [0.5, 0.5])
+
+
+# The published definitions, written out from their sources, to hold kr1's against on generated strings.
+def _published_normalize(s):  # SQuAD's and HotpotQA's normalize_answer, as Search-R1's qa_em.py has it
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def _published_subem_check(prediction, golden_answers):  # Search-R1 qa_em.subem_check, FlashRAG's sub_em
+    normalized_prediction = _published_normalize(prediction)
+    return int(any(_published_normalize(g) in normalized_prediction for g in golden_answers))
+
+
+def _published_hotpot_f1(prediction, ground_truth):  # hotpot_evaluate_v1.f1_score
+    normalized_prediction, normalized_ground_truth = map(_published_normalize, (prediction, ground_truth))
+    if normalized_prediction in ["yes", "no", "noanswer"] and normalized_prediction != normalized_ground_truth:
+        return 0
+    if normalized_ground_truth in ["yes", "no", "noanswer"] and normalized_prediction != normalized_ground_truth:
+        return 0
+    prediction_tokens, ground_truth_tokens = normalized_prediction.split(), normalized_ground_truth.split()
+    num_same = sum((Counter(prediction_tokens) & Counter(ground_truth_tokens)).values())
+    if num_same == 0:
+        return 0
+    precision, recall = num_same / len(prediction_tokens), num_same / len(ground_truth_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+# short texts from a small vocabulary so that matches, substrings and yes/no answers come up often
+_words = st.sampled_from(["yes", "no", "noanswer", "the", "a", "an", "Voss", "vossberg", "Arlen", "1931", "19",
+                          "no.", "Yes!", "town", "of", "Ærø", "x-y", ""])
+_texts = st.lists(_words, max_size=5).map(" ".join) | st.text(max_size=12)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_texts, st.lists(_texts, min_size=1, max_size=3))
+def test_sub_em_and_f1_equal_the_published_definitions(answer, golds):
+    assert sub_exact_match(answer, golds) == _published_subem_check(answer, golds)
+    # kr1 takes the best alias, as Search-R1 and FlashRAG do over golden answers
+    assert token_f1(answer, golds) == pytest.approx(max(_published_hotpot_f1(answer, g) for g in golds))
+
+
+@pytest.mark.parametrize("answer, golds, sub, cover, f1", [
+    ("Vossberg", ["Voss"], 1.0, 0.0, 0.0),       # a plain substring, not on word boundaries
+    ("no way", ["no"], 1.0, 1.0, 0.0),            # HotpotQA: yes/no differ, so F1 is 0, not 2/3
+    ("yes", ["Yes."], 1.0, 1.0, 1.0),
+    (None, ["x"], 0.0, 0.0, 0.0),
+])
+def test_sub_em_beside_cover_em_and_the_yes_no_rule(answer, golds, sub, cover, f1):
+    assert (sub_exact_match(answer, golds), cover_exact_match(answer, golds), token_f1(answer, golds)) == \
+        (sub, cover, pytest.approx(f1))

@@ -45,10 +45,11 @@ def test_the_table_shows_hand_computed_figures_and_the_unweighted_average():
     assert lines[0].split("|")[1:-1] == [" benchmark ", " model "] + [f" {v} " for v in BENCHMARK_COLUMNS.values()]
     table = {cells[0]: [float(c) for c in cells[2:]]
              for cells in ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:])}
-    em, f1, cover, searches, turns, tokens, invalid, answered, n = range(9)
+    em, f1, cover, sub, searches, turns, tokens, invalid, answered, n = range(10)
     nq, hotpot, average = table["nq"], table["hotpotqa"], table["average"]
     assert nq[em] == pytest.approx(100 / 3, abs=0.01) and nq[f1] == pytest.approx(100 * (1 + 1 / 2) / 3, abs=0.01)
-    assert nq[cover] == pytest.approx(200 / 3, abs=0.01) and nq[searches] == 1.0 and nq[turns] == 2.0
+    assert nq[cover] == pytest.approx(200 / 3, abs=0.01) and nq[sub] == nq[cover]
+    assert nq[searches] == 1.0 and nq[turns] == 2.0
     assert nq[tokens] == pytest.approx(60.0) and nq[invalid] == pytest.approx(100 / 6, abs=0.01)  # 1 of 6 actions
     assert nq[answered] == pytest.approx(200 / 3, abs=0.01) and nq[n] == 3
     assert hotpot[em] == 50.0 and hotpot[f1] == pytest.approx(100 * (2 / 3 + 1) / 2, abs=0.01) and hotpot[cover] == 50
