@@ -104,8 +104,7 @@ class RetrieverPool:
         return keys, list(dict.fromkeys(keys))
 
     def _answer(self, keys: list[str], distinct: list[str], per_shard: Sequence[Any], k: int | None) -> BatchHits:
-        found = dict(zip(distinct, merge_hits(per_shard, k or self.top_k)))
-        return BatchHits([list(found[key]) for key in keys], len(distinct))
+        return BatchHits.of_distinct(keys, distinct, merge_hits(per_shard, k or self.top_k))
 
     def close(self) -> None:
         """Stop the shard actors (the pool is unusable afterwards)."""

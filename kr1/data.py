@@ -140,7 +140,7 @@ def not_utf8(e: UnicodeDecodeError) -> str:
     return f"not valid UTF-8 ({e.reason} at byte {e.start + 1} of the line)"
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) for each non-blank line; lines end at "\n", as the index build splits them."""
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
@@ -173,7 +173,7 @@ def load_questions(path: str | Path) -> list[QARecord]:
         except Exception as e:
             raise DataError(f"{path}: cannot read parquet ({str(e).splitlines()[0]})") from None
         return validate_questions(enumerate(rows, start=1), str(path))
-    return validate_questions(_jsonl_rows(path), str(path))
+    return validate_questions(jsonl_rows(path), str(path))
 
 
 def load_question_files(paths: Sequence[str | Path]) -> list[QARecord]:
@@ -240,7 +240,7 @@ def iter_corpus(path: str | Path) -> Iterator[tuple[int, Passage]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: corpus file not found")
-    for number, row in _jsonl_rows(path):
+    for number, row in jsonl_rows(path):
         yield number, passage_from_row(row, f"{path}: row {number}")
 
 

@@ -16,13 +16,12 @@ the evidence reward matches it (kr1.retrieval.coverage.title_key).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from kr1.data import DataError, not_utf8
+from kr1.data import DataError, jsonl_rows
 from kr1.retrieval.corpus_file import CorpusWriter
 from kr1.retrieval.coverage import title_key
 from pipelines.prepare_benchmarks import TRAIN_SPLITS, _metadata, supporting_titles
@@ -50,22 +49,11 @@ def train_file(source: str, name: str) -> Path:
 
 def _rows(path: Path) -> Iterator[tuple[str, dict]]:
     """(where, metadata) of every row of a FlashRAG question file."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}: row {number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: {not_utf8(e)}") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, _metadata(row, where)
+    for number, row in jsonl_rows(path):
+        where = f"{path}: row {number}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, _metadata(row, where)
 
 
 def _text(body: Any) -> str:

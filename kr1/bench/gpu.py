@@ -85,16 +85,6 @@ def cuda_context_gib() -> float:
     return _CONTEXT[0]
 
 
-def release_gpu_memory() -> None:
-    """Free what earlier models left: FSDP2 modules hold reference cycles (hooks), which only the collector frees."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    torch.cuda.empty_cache()
-
-
 def measure(cfg: Config, seed: int = 0) -> dict[str, dict[str, float]]:
     """Peak allocated and reserved + context (GiB) of the reference pass and one update, on this GPU."""
     import numpy as np
@@ -103,6 +93,7 @@ def measure(cfg: Config, seed: int = 0) -> dict[str, dict[str, float]]:
     from torch.distributed.device_mesh import init_device_mesh
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from kr1.bench.gpu_checks import release_memory
     from kr1.training.batch import TrainBatch
     from kr1.training.policy_update import batch_logprobs, train_step
     from kr1.training.sharded_model import shard_model
@@ -111,7 +102,7 @@ def measure(cfg: Config, seed: int = 0) -> dict[str, dict[str, float]]:
     device = torch.device("cuda", 0)
     context = cuda_context_gib()
     torch.cuda.set_device(device)
-    release_gpu_memory()
+    release_memory(device)
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
@@ -161,7 +152,7 @@ def measure(cfg: Config, seed: int = 0) -> dict[str, dict[str, float]]:
         out[phase] = {"allocated": torch.cuda.max_memory_allocated() / GiB,
                       "reserved+context": torch.cuda.max_memory_reserved() / GiB + context}
     del policy, reference, optimizer, models, model
-    release_gpu_memory()
+    release_memory(device)
     return out
 
 

@@ -71,6 +71,13 @@ def random_batch(rows: int, longest: int, vocab: int, seed: int = 0) -> TrainBat
                       ref_logprobs=reference)
 
 
+def release_memory(device: torch.device) -> None:
+    """Free what earlier models left: FSDP2 modules hold reference cycles (hooks), which only the collector frees."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _model(dims: dict[str, Any], device: torch.device, checkpointing: bool, seed: int) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -110,8 +117,7 @@ def update(batch: TrainBatch, device: torch.device, dims: dict[str, Any], *, mes
     batcher = TokenBudgetBatcher(token_budget)
     if device.type == "cuda":
         torch.cuda.synchronize()
-        gc.collect()
-        torch.cuda.empty_cache()
+        release_memory(device)
         torch.cuda.reset_peak_memory_stats()
     if mini_batches > 1:  # the ratio of later mini-batches is taken against the rollout policy
         batch = batch.with_fields(old_logprobs=batch_logprobs(model, batch, batcher.split(batch.lengths), device,
@@ -129,9 +135,7 @@ def update(batch: TrainBatch, device: torch.device, dims: dict[str, Any], *, mes
         peak, resident = torch.cuda.max_memory_allocated() / GiB, torch.cuda.memory_allocated() / GiB
     delta = _sampled_weights(model) - before
     del model, optimizer, out
-    gc.collect()  # FSDP2 modules hold reference cycles: without this the next variant's peak counts them
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory(device)  # else the next variant's peak counts this one's modules
     return Update(float(np.mean(losses)), float(np.mean(norms)), delta, peak, resident)
 
 

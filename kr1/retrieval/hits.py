@@ -47,3 +47,9 @@ class BatchHits(list):
     def __init__(self, hits: Sequence[list[Hit]], unique: int) -> None:
         super().__init__(hits)
         self.unique = unique
+
+    @classmethod
+    def of_distinct(cls, keys: Sequence[str], distinct: Sequence[str], found: Sequence[list[Hit]]) -> "BatchHits":
+        """Each key's hits, given the hits `found` for each of the `distinct` keys (in their order)."""
+        by_key = dict(zip(distinct, found))
+        return cls([list(by_key[key]) for key in keys], len(distinct))

@@ -76,8 +76,7 @@ class HttpRetriever:
             return BatchHits([], 0)
         keys = [q[:self.max_query_chars] if isinstance(q, str) else "" for q in queries]
         distinct = list(dict.fromkeys(keys))
-        found = dict(zip(distinct, self._post(distinct, k or self.top_k, self.retries)))
-        return BatchHits([list(found[key]) for key in keys], len(distinct))
+        return BatchHits.of_distinct(keys, distinct, self._post(distinct, k or self.top_k, self.retries))
 
     def close(self) -> None:
         self.session.close()
