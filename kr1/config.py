@@ -142,14 +142,34 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    em_weight: float = 1.0
-    f1_weight: float = 0.0
-    format_weight: float = 0.0
+    # reward name -> weight, the episode's reward being the weighted sum: a built-in (em, f1, cover_em, sub_em,
+    # format, evidence, answered_evidence) or a function of your own by import path, "my_pkg.rewards:judge",
+    # with TRL's contract fn(answers, golds, **meta) -> list[float]; a weight of 0 logs a reward without paying
+    # it; null: the *_weight keys below (em 1.0 when none is set)
+    weights: dict[str, float] | None = None
+    # the older way to weigh the built-ins, kept so existing configs give the same rewards; not with weights
+    em_weight: float | None = None
+    f1_weight: float | None = None
+    format_weight: float | None = None
     # the share of a question's supporting passages the episode retrieved (each counted once, so repeating a
     # search earns nothing more); questions without supporting titles get 0
-    evidence_weight: float = 0.0
+    evidence_weight: float | None = None
     # the same share, paid only to episodes that end with an answer (a policy cannot farm it by searching on)
-    answered_evidence_weight: float = 0.0
+    answered_evidence_weight: float | None = None
+
+    def legacy_weights(self) -> dict[str, float]:
+        """The *_weight keys that are set, by reward name."""
+        return {name: w for name, w in (("em", self.em_weight), ("f1", self.f1_weight),
+                                        ("format", self.format_weight), ("evidence", self.evidence_weight),
+                                        ("answered_evidence", self.answered_evidence_weight)) if w is not None}
+
+    def effective_weights(self) -> dict[str, float]:
+        """The rewards the run pays, by name: `weights`, or else the *_weight keys (em 1.0 unless set; other
+        built-ins only where set and not 0, as before)."""
+        if self.weights is not None:
+            return dict(self.weights)
+        legacy = self.legacy_weights()
+        return {"em": legacy.pop("em", 1.0), **{name: w for name, w in legacy.items() if w != 0.0}}
 
 
 @dataclass

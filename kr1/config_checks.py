@@ -11,7 +11,10 @@ in, and prompt lengths that leave nothing to generate.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from kr1.rollout.rewards import RewardError, resolve_reward
 
 # values outside these sets are rejected at load time, not deep inside a run
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -47,8 +50,8 @@ POSITIVE = (
 
 def config_problem(cfg: Any) -> str | None:
     """The first problem of `cfg` (a kr1.config.Config), as one line, or None."""
-    return (_value_problem(cfg) or _retriever_problem(cfg.retriever) or _run_problem(cfg) or _placement_problem(cfg)
-            or _length_problem(cfg))
+    return (_value_problem(cfg) or _retriever_problem(cfg.retriever) or _reward_problem(cfg.reward)
+            or _run_problem(cfg) or _placement_problem(cfg) or _length_problem(cfg))
 
 
 def _value_problem(cfg: Any) -> str | None:
@@ -100,6 +103,27 @@ def _retriever_problem(r: Any) -> str | None:
                 "retriever.backend=http to search the server, or unset retriever.url")
     if r.http_retries < 0:
         return f"bad value for 'retriever.http_retries': {r.http_retries!r} (0 or more)"
+    return None
+
+
+def _reward_problem(r: Any) -> str | None:
+    """One way to set the weights, finite weights, something paid, and every named reward importable (a user's
+    function is imported here, in the driver, so its ImportError is one line before the run starts)."""
+    legacy = r.legacy_weights()
+    if r.weights is not None and legacy:
+        return (f"reward.weights and reward.{next(iter(legacy))}_weight both set the rewards: put every weight in "
+                f"reward.weights (e.g. reward.weights={{{', '.join(f'{k}: {v}' for k, v in legacy.items())}}})")
+    weights = r.effective_weights()
+    for name, weight in weights.items():
+        if not math.isfinite(weight):
+            return f"bad value for 'reward.weights.{name}': {weight!r} (a finite number)"
+    if not any(weights.values()):
+        return "reward.weights pays nothing (every weight is 0 or none is given): give at least one reward a weight"
+    try:
+        for name in weights:
+            resolve_reward(name)
+    except RewardError as e:
+        return str(e)
     return None
 
 

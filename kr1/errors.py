@@ -99,8 +99,9 @@ def run_cli(main: Callable[[], None]) -> None:
     where it is opened, and a missing one raised there as a UserError naming it."""
     try:
         main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # raised in an actor, Ray wraps it with the actor's traceback: print the user's line
+        cause = getattr(e, "cause", None)
+        print(f"error: {cause if isinstance(cause, UserError) else e}", file=sys.stderr)
         sys.exit(2)
     except StopRequested:  # 128 + SIGTERM, as a process that SIGTERM ended reports
         print("stopped (SIGTERM): everything it started is stopped and its files are whole; a training run "

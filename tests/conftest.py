@@ -33,13 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 # the driver settings every run-level test shares (small batches, frequent checkpoints and evaluations)
 RUN_SETTINGS = {"retriever.num_cpus_per_shard": 0.5, "trainer.prompts_per_step": 3, "rollout.n_samples": 3,
                 "trainer.eval_every": 2, "trainer.eval_prompts": 6, "trainer.checkpoint_every": 2,
-                "learner.lr": 1e-3, "algorithm.kl_coef": 0.01, "reward.format_weight": 0.5,
-                "reward.f1_weight": 1.0}
+                "learner.lr": 1e-3, "algorithm.kl_coef": 0.01, "reward.weights.format": 0.5,
+                "reward.weights.f1": 1.0}
 TINY_SFT_STEPS = 250
 # the trained run (and its resumed twin): separate reference workers, so that every role has actors; DAPO's
-# dynamic sampling and clip-higher and the evidence reward, so that resuming them is exact too
+# dynamic sampling and clip-higher, the evidence reward and a reward of the tests' own by import path, so that
+# resuming them is exact too
 TRAINED_RUN = {"trainer.total_steps": 3, "reference.placement": "separate", "reference.num_workers": 2,
-               "algorithm.dynamic_sampling": True, "reward.evidence_weight": 0.5, "algorithm.clip_eps_high": 0.28}
+               "algorithm.dynamic_sampling": True, "reward.weights.evidence": 0.5, "algorithm.clip_eps_high": 0.28,
+               "reward.weights.reward_plugins:searched_twice": 0.25}
 
 
 # what the test command may add to the user's home: caches (pip, Hugging Face, numba, ~/.cache/kr1)
@@ -81,7 +83,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory) -> Path:
-    from pipelines.synthetic_world import generate
+    from kr1.world.synthetic import generate
 
     out = tmp_path_factory.mktemp("world") / "world"
     generate(out, seed=0, people=200)
@@ -91,7 +93,7 @@ def world_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def index_factory(ray_session, world_dir, tmp_path_factory):
     """Build (once per shard count) an index of the session world."""
-    from pipelines.build_index import build_index
+    from kr1.run.index_build import build_index
 
     built: dict[int, Path] = {}
 
@@ -108,8 +110,8 @@ def index_factory(ray_session, world_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def decoy_index(ray_session, world_dir, tmp_path_factory) -> Path:
     """The index of another seed's world beside the session world: the closed-book column's retriever."""
-    from pipelines.build_index import build_index
-    from pipelines.synthetic_world import generate
+    from kr1.run.index_build import build_index
+    from kr1.world.synthetic import generate
 
     world = tmp_path_factory.mktemp("decoy") / "world"
     generate(world, seed=1000, people=60, avoid=world_dir)
@@ -212,7 +214,7 @@ def rollout_batch(tiny_model, world_dir, index_factory):
 def untrained_model(world_dir, tmp_path_factory) -> Path:
     """The tiny model's tokenizer and architecture, randomly initialised (no warm start): for tests of
     orchestration, where what the model says does not matter, so they run while `tiny_model` trains."""
-    from pipelines.bootstrap_model import bootstrap
+    from kr1.training.bootstrap import bootstrap
 
     out = tmp_path_factory.mktemp("untrained") / "tiny"
     return bootstrap(world_dir, out, seed=0, size="tiny", sft_steps=0, progress=False)

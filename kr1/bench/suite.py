@@ -30,7 +30,7 @@ BENCHMARKS = ("rollout", "agent", "retrieval", "memory", "logits", "sync", "step
 # run only when asked for (--only scale): corpora of millions of passages, about half an hour and 10 GiB of disk
 ON_REQUEST = ("scale",)
 # passages of the full-size retrieval corpus, a wiki-like one (kr1.retrieval.wiki_like) with queries of its kind: a
-# synthetic world holds at most a few thousand people (pipelines.world_names.MAX_PEOPLE), ~7k passages
+# synthetic world holds at most a few thousand people (kr1.world.names.MAX_PEOPLE), ~7k passages
 LARGE_PASSAGES = 115_500
 # the benchmarks that run driver steps (TrainingRun: with trainer.eval_closed_book, also the decoy world)
 DRIVER_STEPS = ("agent", "step", "overlap", "async")

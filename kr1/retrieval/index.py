@@ -2,7 +2,8 @@
 
 An index directory holds `manifest.json` and one bm25s index per shard
 (`shard_000/`, ...), each loadable with `bm25s.BM25.load(dir, mmap=True)`.
-`kr1.retrieval.chunked_build` writes them (`pipelines.build_index` runs it as Ray tasks).
+`kr1.retrieval.chunked_build` writes them (`kr1.run.index_build` runs it as Ray tasks, behind
+`python -m pipelines.build_index`).
 
 Every shard shares the global vocabulary and bakes the *global* idf and average
 document length into its score matrix, so the union of per-shard top-k lists,

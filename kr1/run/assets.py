@@ -20,8 +20,8 @@ from typing import Callable
 from kr1.config import Config, ConfigError, ModelConfig, expand_path
 from kr1.data import DataError, QARecord, load_question_files
 from kr1.retrieval.index import BM25IndexError, IndexManifest, check_index
-from pipelines.build_index import build_index
-from pipelines.synthetic_world import WORLD_VERSION, generate
+from kr1.run.index_build import build_index
+from kr1.world.synthetic import WORLD_VERSION, generate
 
 MANIFEST = "manifest.json"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -99,7 +99,7 @@ def _index(cfg: Config, corpus: Callable[[], Path] | None, default_dir: Path | N
 
 def _bootstrapped_model(cfg: Config, world: Path, index: Path, progress: bool) -> str:
     # imported on first use: it brings torch, transformers and numba into the process
-    from pipelines.bootstrap_model import BOOTSTRAP_VERSION, bootstrap
+    from kr1.training.bootstrap import BOOTSTRAP_VERSION, bootstrap
 
     m = cfg.model
     follow = f"-follow{m.bootstrap_follow_fraction:g}" if m.bootstrap_follow_fraction else ""

@@ -18,14 +18,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from kr1.benchmarks import EVAL_SPLITS, MANIFEST
 from kr1.cluster import ensure_ray
 from kr1.config import Config, ConfigError
 from kr1.data import DataError, QARecord, load_questions
-from kr1.rollout.rewards import EpisodeScores, reward_weights, score_episodes
+from kr1.rollout.rewards import EpisodeScores, score_episodes
 from kr1.run.assets import resolve_assets, resolve_model_path
 from kr1.run.metrics import episode_metrics, type_metrics
 from kr1.run.pools import start_engines, start_index_pool, start_retriever
-from pipelines.prepare_benchmarks import EVAL_SPLITS, MANIFEST
 
 
 def trajectory_rows(episodes: Sequence[Any], questions: Sequence[QARecord], scores: EpisodeScores) -> list[dict]:
@@ -61,12 +61,12 @@ def evaluate_groups(cfg: Config, groups: Mapping[str, Sequence[QARecord]], engin
                         "(prepare them with pipelines.prepare_benchmarks)")
     episodes = engines.rollout(questions, n_samples=1, greedy=True, retriever=retriever)
     by_id = {e.question_id: e for e in episodes}
-    weights = reward_weights(cfg.reward)
+    weights = cfg.reward.effective_weights()
     out = {}
     for name, group in groups.items():
         picked = [by_id[q.id] for q in group]
         scores = score_episodes(picked, {q.id: q.golden_answers for q in group}, weights,
-                                {q.id: q.supporting_titles for q in group})
+                                {q.id: q.supporting_titles for q in group}, {q.id: q.dataset for q in group})
         metrics = {**episode_metrics(picked, scores), "n": float(len(group)),
                    **type_metrics(picked, [q.type for q in group], scores)}
         out[name] = (metrics, trajectory_rows(picked, group, scores))

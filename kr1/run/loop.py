@@ -18,10 +18,10 @@ import sys
 import ray
 
 from kr1.config import Config
+from kr1.run.curves import plot
 from kr1.run.run_logger import PhaseTimer
 from kr1.run.run_state import recover
 from kr1.run.training_run import TrainingRun
-from pipelines.plot_run import plot
 
 
 def train(cfg: Config, quiet: bool = False) -> list[dict[str, float]]:

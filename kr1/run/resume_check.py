@@ -66,11 +66,15 @@ def input_fingerprints(model_path: str, index_dir: Path, train_paths: Sequence[P
             "train questions": _digest([Path(p) for p in train_paths])}
 
 
+# mappings whose keys the user names (a reward added or dropped is a change): compared whole, not key by key
+WHOLE_SETTINGS = ("reward.weights",)
+
+
 def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a.b": value} for a nested mapping."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and f"{prefix}{key}" not in WHOLE_SETTINGS:
             out.update(flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

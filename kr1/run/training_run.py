@@ -69,6 +69,7 @@ class TrainingRun:
         self.loader = PromptLoader(train, cfg.trainer.prompts_per_step, cfg.trainer.seed)
         self.golds = {q.id: q.golden_answers for q in self.loader.questions}
         self.supporting = {q.id: q.supporting_titles for q in self.loader.questions}
+        self.datasets = {q.id: q.dataset for q in self.loader.questions}
         self.types = {q.id: q.type for q in self.loader.questions}
         # dev questions are all kept (a published benchmark counts every question; one too long ends unanswered)
         self.dev = self.assets.questions("dev")[:cfg.trainer.eval_prompts]
@@ -147,7 +148,8 @@ class TrainingRun:
 
     def _score(self, episodes: list[Any]) -> ray.ObjectRef:
         golds = {e.question_id: self.golds[e.question_id] for e in episodes}
-        return self.scorer.score.remote(episodes, golds, {q: self.supporting[q] for q in golds})
+        return self.scorer.score.remote(episodes, golds, {q: self.supporting[q] for q in golds},
+                                        {q: self.datasets[q] for q in golds})
 
     def ref_logprobs(self, batch: TrainBatch, rollout: StepRollout | None = None) -> TrainBatch:
         """The batch with its reference log-probs: those dynamic sampling started while it sampled, or a pass
@@ -233,6 +235,7 @@ class TrainingRun:
             [e.question_id for e in episodes], scores.rewards)) / max(1, groups)}
         generated = batch.num_loss_tokens  # the episodes' generated tokens, summed in numpy
         metrics = {"reward/mean": figures.pop("reward_mean"), "reward/std": figures.pop("reward_std"),
+                   **{f"reward/{name}": float(values.mean()) for name, values in scores.weighted.items()},
                    **{f"rollout/{k}": v for k, v in {**figures, **sampling}.items()},
                    **{f"search/{k}": v for k, v in search_metrics(episodes, times.get("rollout", 0.0)).items()},
                    **{f"train/{k}": v for k, v in train.items()}, **evaluation, **rollout.async_metrics,

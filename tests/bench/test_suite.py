@@ -11,7 +11,7 @@ from kr1.bench.__main__ import main
 from kr1.bench.table import Row, parse_table
 from kr1.config import load_config
 from kr1.errors import UserError
-from pipelines.world_names import MIN_PEOPLE, max_people
+from kr1.world.names import MIN_PEOPLE, max_people
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -47,7 +47,7 @@ def _set_tokenizer(index: Path) -> None:
 def _swap_in_unstemmed_shard(ctx) -> Path:
     """shard_001 of an index built without the stemmer, inside a stemmed index."""
     from kr1.retrieval.index import TokenizerSpec
-    from pipelines.build_index import build_index
+    from kr1.run.index_build import build_index
 
     other = ctx.tmp / "unstemmed"
     build_index(ctx.world / "corpus.jsonl", other, 2, spec=TokenizerSpec(stemmer=None), progress=False)

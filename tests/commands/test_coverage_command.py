@@ -16,7 +16,7 @@ from kr1.data import QARecord, load_corpus
 from kr1.retrieval.corpus_file import meta_path, verify_corpus
 from kr1.retrieval.coverage import coverage_rows, coverage_table, title_key
 from kr1.rollout.rewards import evidence_recall
-from pipelines.build_index import build_index
+from kr1.run.index_build import build_index
 from pipelines.prepare_corpus import main as prepare_main
 
 
@@ -118,7 +118,7 @@ def test_train_paragraphs_added_never_dev_ones(ray_session, tmp_path, capsys):
     assert record["rows"] == 7 and record["train_paragraphs"]["missing_without_paragraph"] == 1
     assert record["train_paragraphs"]["split"] == "train"
 
-    from pipelines.prepare_benchmarks import prepare_benchmarks  # the questions as kr1.eval reads them
+    from kr1.benchmarks import prepare_benchmarks  # the questions as kr1.eval reads them
     prepare_benchmarks(tmp_path / "bench", ["hotpotqa"], str(flashrag), train=["hotpotqa"])
     questions = [tmp_path / "bench" / "hotpotqa" / f"{split}.parquet" for split in ("train", "dev")]
     for name, source in (("before", corpus), ("after", fixed)):

@@ -61,8 +61,8 @@ def test_eval_rejects_a_missing_model_in_one_line(ray_session, tmp_path):
 
 def test_two_models_on_the_seven_benchmarks_side_by_side(ray_session, world_dir, index_factory, tiny_model,
                                                          untrained_model, tmp_path, capsys):
-    from pipelines.prepare_benchmarks import prepare_benchmarks
-    from pipelines.synthetic_benchmarks import synthetic_benchmarks
+    from kr1.benchmarks import prepare_benchmarks
+    from kr1.world.flashrag_files import synthetic_benchmarks
 
     synthetic_benchmarks(world_dir, tmp_path / "flashrag", per_name=4)
     prepare_benchmarks(tmp_path / "benchmarks", source=str(tmp_path / "flashrag"))

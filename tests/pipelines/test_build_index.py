@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kr1.data import DataError
-from pipelines.build_index import build_index
+from kr1.run.index_build import build_index
 from pipelines.build_index import main as build_main
 
 

@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 
+from kr1.benchmarks import EVAL_SPLITS, prepare_benchmarks
 from kr1.data import DataError, load_question_files, load_questions
-from pipelines.prepare_benchmarks import EVAL_SPLITS, main, prepare_benchmarks
-from pipelines.synthetic_benchmarks import synthetic_benchmarks
+from kr1.world.flashrag_files import synthetic_benchmarks
+from pipelines.prepare_benchmarks import main
 
 # each benchmark's metadata as FlashRAG ships it: none, HotpotQA's and 2Wiki's supporting facts (as a
 # {title, sent_id} table or as [title, sentence] pairs), Musique's paragraphs

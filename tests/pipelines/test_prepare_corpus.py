@@ -12,7 +12,8 @@ import pytest
 
 from kr1.data import DataError, load_corpus
 from kr1.retrieval.corpus_file import meta_path, verify_corpus
-from pipelines.prepare_corpus import LAYOUTS, main, prepare_corpus
+from kr1.retrieval.wiki18 import LAYOUTS, prepare_corpus
+from pipelines.prepare_corpus import main
 
 ROWS = [{"id": "0", "contents": '"Aaron"\nAaron is a prophet, high priest, and the brother of Moses.'},
         {"id": "1", "contents": '"Amber Lantern"\nThe Amber Lantern is a film directed by Arlen Voss.'},

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from kr1.data import DataError, load_questions
+from kr1.two_wiki import prepare
 from pipelines.prepare_data import main as prepare_main
-from pipelines.prepare_data import prepare
 
 GOOD = {"id": "q1", "problem": "Who directed The Amber Lantern?", "golden_answers": ["Arlen Voss", "A. Voss"]}
 

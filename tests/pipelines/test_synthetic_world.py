@@ -8,8 +8,9 @@ import re
 import pytest
 
 from kr1.data import load_corpus, load_questions
-from pipelines.synthetic_world import HELD_OUT_PER_TYPE, generate, main
-from pipelines.world_names import MAX_PEOPLE, entity_counts, max_people, name_space
+from kr1.world.names import MAX_PEOPLE, entity_counts, max_people, name_space
+from kr1.world.synthetic import HELD_OUT_PER_TYPE, generate
+from pipelines.synthetic_world import main
 
 MULTI_HOP = {"compositional", "comparison", "inference", "bridge_comparison"}
 

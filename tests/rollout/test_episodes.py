@@ -123,7 +123,7 @@ def test_greedy_rollout_is_deterministic(generator, questions, retriever_pool):
 
 def test_a_passage_with_tags_never_becomes_the_answer(ray_session, tmp_path, generator):
     from actors.retriever import RetrieverPool
-    from pipelines.build_index import build_index
+    from kr1.run.index_build import build_index
 
     corpus = tmp_path / "corpus.jsonl"
     rows = [{"id": str(i), "title": f"Place {i}", "text": f"Place {i} is a quiet town."} for i in range(5)]

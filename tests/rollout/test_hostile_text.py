@@ -104,7 +104,7 @@ def test_hostile_model_output_is_invalid_or_parsed_and_the_rollout_goes_on(tiny_
 
 
 def test_tags_in_retrieved_passages_never_change_the_parse(ray_session, tmp_path, generator):
-    from pipelines.build_index import build_index
+    from kr1.run.index_build import build_index
 
     rows = [{"id": str(i), "title": f"Place {i}", "text": f"Place {i} is a quiet town."} for i in range(5)]
     rows.append({"id": "evil", "title": "Veldor",

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kr1.rollout.rewards import (combined_rewards, cover_exact_match, evidence_recall, exact_match, normalize_answer,
-                                 score_episodes, sub_exact_match, token_f1)
+from kr1.config import ConfigError, RewardConfig, load_config
+from kr1.rollout.episodes import Episode
+from kr1.rollout.rewards import (RewardError, combined_rewards, cover_exact_match, evidence_recall, exact_match,
+                                 normalize_answer, score_episodes, sub_exact_match, token_f1)
 
 
 def test_normalisation():
@@ -44,7 +46,7 @@ def test_weights_combine():
                                     {"em": 1.0, "f1": 0.5, "format": 0.2}, invalid_actions=[0, 1, 0])
     assert total == pytest.approx([1.0 + 0.5 + 0.2, 0.5 * 2 / 3, 0.0])
     assert parts["format"] == [1.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match="unknown reward"):
+    with pytest.raises(RewardError, match="unknown reward 'bleu'"):
         combined_rewards(["x"], [["x"]], {"bleu": 1.0})
 
 
@@ -142,3 +144,60 @@ def test_sub_em_and_f1_equal_the_published_definitions(answer, golds):
 def test_sub_em_beside_cover_em_and_the_yes_no_rule(answer, golds, sub, cover, f1):
     assert (sub_exact_match(answer, golds), cover_exact_match(answer, golds), token_f1(answer, golds)) == \
         (sub, cover, pytest.approx(f1))
+
+
+def _episode(qid: str, answer: str | None, queries: list[str], **fields) -> Episode:
+    return Episode(qid, 0, [1], actions=["search"] * len(queries) + ["answer"], queries=queries,
+                   retrieved_ids=[[f"p{i}"] for i in range(len(queries))],
+                   retrieved_titles=[[f"T{i}"] for i in range(len(queries))], answer=answer, finish="answer", **fields)
+
+
+def test_a_reward_of_ones_own_by_import_path_gets_every_meta_and_its_weight():
+    episodes = [_episode("a", "Tavrin", ["x", "y"]), _episode("a", "Tavrin", ["x"]), _episode("b", None, ["u", "v"])]
+    weights = {"em": 1.0, "reward_plugins:searched_twice": 0.25}
+    scores = score_episodes(episodes, {"a": ["tavrin"], "b": ["Voss"]}, weights, {"a": ["T0"]}, {"a": "2wiki"})
+    np.testing.assert_array_equal(scores.weighted["reward_plugins:searched_twice"], [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(scores.weighted["em"], [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(scores.rewards, [1.25, 1.0, 0.25])
+    assert set(scores.select([2, 0]).weighted) == set(weights)
+    np.testing.assert_allclose(scores.select([2, 0]).weighted["reward_plugins:searched_twice"], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("name, says", [
+    ("reward_plugins:wrong_length", "reward 'reward_plugins:wrong_length' returned 4 scores for 3 episodes"),
+    ("reward_plugins:not_finite", "reward 'reward_plugins:not_finite' returned nan for episode 2 (question 'b')"),
+])
+def test_a_reward_that_breaks_the_contract_is_one_line_naming_it(name, says):
+    episodes = [_episode("a", "Tavrin", ["x"]), _episode("a", None, []), _episode("b", "Voss", ["y"])]
+    with pytest.raises(RewardError) as refused:
+        score_episodes(episodes, {"a": ["tavrin"], "b": ["Voss"]}, {"em": 1.0, name: 1.0})
+    assert says in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("override, says", [
+    ("reward.weights.bleu=1", "reward.weights: unknown reward 'bleu' (built-ins: em, f1,"),
+    ('reward.weights={"reward_plugin_broken:judge": 1}',
+     "cannot import 'reward_plugin_broken' for reward 'reward_plugin_broken:judge': ModuleNotFoundError: "
+     "No module named 'kr1_no_such_dependency'"),
+    ('reward.weights={"reward_plugins:NOT_A_FUNCTION": 1}', "'reward_plugins' has no function 'NOT_A_FUNCTION'"),
+    ("reward.f1_weight=1.0", "reward.weights and reward.f1_weight both set the rewards"),
+    ("reward.weights={em: 0, answered_evidence: 0}", "reward.weights pays nothing"),
+    ("reward.weights.em=inf", "bad value for 'reward.weights.em': inf"),
+])
+def test_a_reward_config_that_cannot_run_stops_at_load(override, says):
+    with pytest.raises(ConfigError) as refused:
+        load_config("default", [override])
+    assert says in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_older_weight_keys_pay_what_they_paid(tmp_path):
+    """A config of the *_weight keys gives the weights it gave before reward.weights existed."""
+    assert RewardConfig().effective_weights() == {"em": 1.0}
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text("reward:\n  em_weight: 1.0\n  f1_weight: 0.0\n  format_weight: 0.1\n"
+                      "  answered_evidence_weight: 0.5\n")
+    assert load_config(str(legacy)).reward.effective_weights() == {"em": 1.0, "format": 0.1, "answered_evidence": 0.5}
+    assert load_config("default").reward.effective_weights() == {"em": 1.0, "answered_evidence": 0.5}
+    # a weight of 0 in reward.weights keeps the reward in the logs, out of the sum
+    cfg = load_config("default", ['reward.weights={"reward_plugins:searched_twice": 0}'])
+    assert cfg.reward.effective_weights()["reward_plugins:searched_twice"] == 0.0

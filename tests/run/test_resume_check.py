@@ -34,7 +34,7 @@ def test_legs_may_change_length_cadence_and_cluster_sizes(tmp_path):
 
 @pytest.mark.parametrize("override, named", [
     ("learner.lr=0.01", "learner.lr 0.0003 -> 0.01"), ("rollout.n_samples=4", "rollout.n_samples 8 -> 4"),
-    ("model.path=/elsewhere", "model.path None -> '/elsewhere'"), ("reward.f1_weight=1.0", "reward.f1_weight"),
+    ("model.path=/elsewhere", "model.path None -> '/elsewhere'"), ("reward.weights.f1=1.0", "reward.weights {'em': 1.0, 'answered_evidence': 0.5} -> {"),
     ("algorithm.advantage=reinforce_pp", "algorithm.advantage 'grpo' -> 'reinforce_pp'"),
     ("data.synthetic_seed=3", "data.synthetic_seed 0 -> 3"), ("retriever.top_k=5", "retriever.top_k 3 -> 5"),
 ])

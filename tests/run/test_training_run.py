@@ -36,6 +36,13 @@ def test_three_steps_write_events_checkpoints_and_a_loadable_policy(trained_run)
                  "time/rollout", "time/update", "time/sync_weights", "throughput/rollout_tokens_per_s", "eval/em"):
         assert name in scalars, name
     assert [e.step for e in events.Scalars("reward/mean")] == [1, 2, 3]
+    # each weighted reward logged apart, the tests' own by import path among them, and summed as weighted
+    weights = {"em": 1.0, "answered_evidence": 0.5, "format": 0.5, "f1": 1.0, "evidence": 0.5,
+               "reward_plugins:searched_twice": 0.25}
+    steps = [row for row in _metrics(out) if "reward/mean" in row]
+    assert len(steps) == 3
+    for row in steps:
+        assert row["reward/mean"] == pytest.approx(sum(w * row[f"reward/{n}"] for n, w in weights.items()), abs=1e-5)
     for name in ("closed_book/em", "eval/evidence_recall"):
         assert name in scalars, name  # the closed-book column
     # a curve per question type the step sampled (dynamic sampling's extra prompts differ by kernel path)
@@ -96,7 +103,7 @@ def test_a_collapse_stops_the_run_with_a_checkpoint_and_one_line(ray_session, un
     cfg = load_config("default", untrained_run_overrides(out, **{
         "trainer.total_steps": 3, "trainer.checkpoint_every": 0, "trainer.eval_every": 0,
         "trainer.stop_on_collapse": True, "monitor.searches_min": 100, "algorithm.dynamic_sampling": True,
-        "algorithm.max_sampling_rounds": 2, "reward.f1_weight": 1.0}))
+        "algorithm.max_sampling_rounds": 2, "reward.weights.f1": 1.0}))
     history = train(cfg, quiet=True)
     said = capsys.readouterr().err
     assert len(history) == 1

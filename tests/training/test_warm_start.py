@@ -7,8 +7,8 @@ import pytest
 from kr1.data import QARecord
 from kr1.retrieval.hits import Hit
 from kr1.rollout.protocol import parse_action
+from kr1.training.bootstrap import train_tokenizer, world_texts
 from kr1.training.warm_start import gold_trajectory, multihop_trajectory
-from pipelines.bootstrap_model import train_tokenizer, world_texts
 
 pytestmark = pytest.mark.numerics  # what a trained model says
 

@@ -1,7 +1,7 @@
 """The training split's supporting paragraphs that a corpus lacks, appended to it as it is written.
 
     extra = TrainParagraphs.load("data/flashrag", ["hotpotqa", "2wikimultihopqa", "musique"])
-    for passage in corpus: extra.see(passage.title)      # while pipelines.prepare_corpus copies the corpus
+    for passage in corpus: extra.see(passage.title)      # while kr1.retrieval.wiki18 copies the corpus
     added = extra.write_missing(writer)                  # then one passage per missing supporting title
 
 Standard wiki-18 lacks many of the passages HotpotQA, 2WikiMultihopQA and MuSiQue questions are
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from kr1.benchmarks import TRAIN_SPLITS, row_metadata, supporting_titles
 from kr1.data import DataError, jsonl_rows
 from kr1.retrieval.corpus_file import CorpusWriter
 from kr1.retrieval.coverage import title_key
-from pipelines.prepare_benchmarks import TRAIN_SPLITS, _metadata, supporting_titles
 
 SPLIT = "train"  # the one split whose evidence may enter the search corpus
 ID_PREFIX = "kr1-train"
@@ -53,7 +53,7 @@ def _rows(path: Path) -> Iterator[tuple[str, dict]]:
         where = f"{path}: row {number}"
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        yield where, _metadata(row, where)
+        yield where, row_metadata(row, where)
 
 
 def _text(body: Any) -> str:
