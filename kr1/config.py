@@ -248,6 +248,10 @@ class TrainerConfig:
     eval_prompts: int = 100
     # the start and trained policies are also evaluated against retriever.decoy_index_dir (the closed-book column)
     eval_closed_book: bool = True
+    # a fixed draw of this many training questions played greedily every probe_every steps and before the first
+    # (0: none), logged as probe/*: a training curve of the trend, not of the draw of each step's prompts
+    probe_prompts: int = 0
+    probe_every: int = 10
     checkpoint_every: int = 10
     output_dir: str = "runs/default"
     # the newest checkpoints of this run kept in output_dir/checkpoints (older ones of this run are deleted)

@@ -43,7 +43,7 @@ POSITIVE = (
     "learner.token_budget", "learner.mini_batches", "reference.num_workers", "learner.sync_bucket_mb",
     "algorithm.max_sampling_rounds", "rollout.search_batch_size", "rollout.search_flush_ms",
     "trainer.prompts_per_step", "data.synthetic_people", "data.max_prompt_tokens", "algorithm.behaviour_clip",
-    "cluster.placement_timeout_s", "trainer.keep_checkpoints", "retriever.http_max_concurrency",
+    "cluster.placement_timeout_s", "trainer.keep_checkpoints", "retriever.http_max_concurrency", "trainer.probe_every",
     "retriever.http_timeout_s",
 )
 
@@ -79,6 +79,8 @@ def _value_problem(cfg: Any) -> str | None:
         return f"bad value for 'learner.lr_min_ratio': {cfg.learner.lr_min_ratio!r} (in [0, 1])"
     if cfg.algorithm.max_staleness < 0:
         return f"bad value for 'algorithm.max_staleness': {cfg.algorithm.max_staleness!r} (0 or more)"
+    if cfg.trainer.probe_prompts < 0:
+        return f"bad value for 'trainer.probe_prompts': {cfg.trainer.probe_prompts!r} (0 or more)"
     if not 0 < cfg.rollout.top_p <= 1:
         return f"bad value for 'rollout.top_p': {cfg.rollout.top_p!r} (a probability mass in (0, 1])"
     if not 0 < cfg.rollout.gpu_memory_utilization <= 1:

@@ -34,14 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_SETTINGS = {"retriever.num_cpus_per_shard": 0.5, "trainer.prompts_per_step": 3, "rollout.n_samples": 3,
                 "trainer.eval_every": 2, "trainer.eval_prompts": 6, "trainer.checkpoint_every": 2,
                 "learner.lr": 1e-3, "algorithm.kl_coef": 0.01, "reward.weights.format": 0.5,
-                "reward.weights.f1": 1.0}
+                "reward.weights.f1": 1.0, "trainer.probe_prompts": 0}
 TINY_SFT_STEPS = 250
 # the trained run (and its resumed twin): separate reference workers, so that every role has actors; DAPO's
 # dynamic sampling and clip-higher, the evidence reward and a reward of the tests' own by import path, so that
-# resuming them is exact too
+# resuming them is exact too; a probe of four training questions at steps 0, 2 and 3
 TRAINED_RUN = {"trainer.total_steps": 3, "reference.placement": "separate", "reference.num_workers": 2,
                "algorithm.dynamic_sampling": True, "reward.weights.evidence": 0.5, "algorithm.clip_eps_high": 0.28,
-               "reward.weights.reward_plugins:searched_twice": 0.25}
+               "reward.weights.reward_plugins:searched_twice": 0.25, "trainer.probe_prompts": 4,
+               "trainer.probe_every": 2}
 
 
 # what the test command may add to the user's home: caches (pip, Hugging Face, numba, ~/.cache/kr1)
@@ -121,18 +122,20 @@ def decoy_index(ray_session, world_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_model_build(request, tmp_path_factory):
-    """`python -m pipelines.bootstrap_model` started at once in a child process (it trains on one thread),
-    when any collected test needs the tiny model."""
+    """`python -m kr1.warm_start`, the command that builds the shipped warm start, started at once in a child
+    process (it trains on one thread) when any collected test needs the tiny model: the session's world (seed 0,
+    200 people, generated again in its own cache), no practice world, single-hop look-ups only."""
     if not any("tiny_model" in getattr(item, "fixturenames", ()) for item in request.session.items):
         yield None
         return
-    world, index = request.getfixturevalue("world_dir"), request.getfixturevalue("index_factory")(2)
     out = tmp_path_factory.mktemp("model") / "tiny"
     log = out.parent / "bootstrap.log"
     with open(log, "w") as handle:
-        child = subprocess.Popen([sys.executable, "-m", "pipelines.bootstrap_model", "--world", str(world),
-                                  "--out", str(out), "--seed", "0", "--size", "tiny", "--index", str(index),
-                                  "--sft-steps", str(TINY_SFT_STEPS)],
+        child = subprocess.Popen([sys.executable, "-m", "kr1.warm_start", "--out", str(out),
+                                  f"data.cache_dir={out.parent / 'cache'}", "data.synthetic_people=200",
+                                  "retriever.num_shards=2", "model.bootstrap_size=tiny",
+                                  "model.bootstrap_practice_people=0", "model.bootstrap_multihop_fraction=0",
+                                  f"model.bootstrap_sft_steps={TINY_SFT_STEPS}", "trainer.seed=0"],
                                  cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
     yield child, out, log
     if child.poll() is None:

@@ -1,7 +1,7 @@
 """The layers stay visible and true: imports read with `ast`, every rule of kr1/__init__.py checked.
 
-    commands   kr1.driver, kr1.eval, kr1.search, kr1.plan, kr1.coverage, kr1.serve, kr1.bench.__main__: imported
-               by nothing
+    commands   kr1.driver, kr1.eval, kr1.search, kr1.plan, kr1.coverage, kr1.serve, kr1.warm_start,
+               kr1.bench.__main__: imported by nothing
     pure       kr1.retrieval, kr1.rollout, kr1.training, kr1.world and the shared kr1.config, kr1.config_checks,
                kr1.data, kr1.benchmarks, kr1.two_wiki, kr1.errors, kr1.atomic_write, kr1.logprobs: no ray, actors,
                pipelines, kr1.run, kr1.bench, kr1.cluster
@@ -28,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("kr1", "actors", "pipelines")
 COMMANDS = frozenset({"kr1.driver", "kr1.eval", "kr1.search", "kr1.plan", "kr1.coverage", "kr1.serve",
-                       "kr1.bench.__main__"})
+                       "kr1.warm_start", "kr1.bench.__main__"})
 PURE = ("kr1.retrieval", "kr1.rollout", "kr1.training", "kr1.world", "kr1.config", "kr1.config_checks", "kr1.data",
         "kr1.benchmarks", "kr1.two_wiki", "kr1.errors", "kr1.atomic_write", "kr1.logprobs")
 MAX_LINES = 400

@@ -21,6 +21,7 @@ from kr1.config import Config, ConfigError, ModelConfig, expand_path
 from kr1.data import DataError, QARecord, load_question_files
 from kr1.retrieval.index import BM25IndexError, IndexManifest, check_index
 from kr1.run.index_build import build_index
+from kr1.training.shipped import shipped_model, write_provenance
 from kr1.world.synthetic import WORLD_VERSION, generate
 
 MANIFEST = "manifest.json"
@@ -97,29 +98,58 @@ def _index(cfg: Config, corpus: Callable[[], Path] | None, default_dir: Path | N
     return index
 
 
-def _bootstrapped_model(cfg: Config, world: Path, index: Path, progress: bool) -> str:
-    # imported on first use: it brings torch, transformers and numba into the process
-    from kr1.training.bootstrap import BOOTSTRAP_VERSION, bootstrap
+def warm_start_key(cfg: Config, world: Path) -> str:
+    """The name of the warm start a synthetic run of `cfg` starts from: everything it depends on."""
+    from kr1.training.bootstrap import BOOTSTRAP_VERSION  # brings torch and transformers: on first use
 
     m = cfg.model
     follow = f"-follow{m.bootstrap_follow_fraction:g}" if m.bootstrap_follow_fraction else ""
     multihop = f"-multihop{m.bootstrap_multihop_fraction:g}" if m.bootstrap_multihop_fraction else ""
     lr = f"-lr{m.bootstrap_lr:g}" if m.bootstrap_lr != ModelConfig.bootstrap_lr else ""
     practice = f"-practice{m.bootstrap_practice_people}" if m.bootstrap_practice_people else ""
-    out = world.parent / (f"{world.name}-model{BOOTSTRAP_VERSION}-{m.bootstrap_size}-sft{m.bootstrap_sft_steps}"
-                          f"{follow}{multihop}{lr}{practice}-seed{cfg.trainer.seed}")
+    return (f"{world.name}-model{BOOTSTRAP_VERSION}-{m.bootstrap_size}-sft{m.bootstrap_sft_steps}"
+            f"{follow}{multihop}{lr}{practice}-seed{cfg.trainer.seed}")
+
+
+def _bootstrapped_model(cfg: Config, world: Path, index: Path, progress: bool) -> str:
+    """The shipped warm start when it was built for this config (checksums checked), else one built in the
+    cache on first use."""
+    key = warm_start_key(cfg, world)
+    shipped, note = shipped_model(key)
+    if shipped is not None:
+        return str(shipped)
+    if note:
+        _note(note)
+    out = world.parent / key
     if not (out / "config.json").is_file():
-        sft_world, sft_index = world, index
-        if m.bootstrap_practice_people:  # a world of its own seed: no entity of the run's world is in it
-            sft_world = synthetic_world(world.parent, cfg.data.synthetic_seed + PRACTICE_SEED_OFFSET,
-                                        m.bootstrap_practice_people, progress, avoid=world)
-            sft_index = _world_index(cfg, sft_world, progress, "the practice world's index")
-        if progress:
-            _note(f"bootstrapping the {m.bootstrap_size} model in {out}")
-        bootstrap(world, out, cfg.trainer.seed, m.bootstrap_size, index=sft_index, sft_steps=m.bootstrap_sft_steps,
-                  progress=progress, follow_fraction=m.bootstrap_follow_fraction,
-                  multihop_fraction=m.bootstrap_multihop_fraction, lr=m.bootstrap_lr, sft_world=sft_world)
+        build_warm_start(cfg, out, world=world, index=index, progress=progress)
     return str(out)
+
+
+def build_warm_start(cfg: Config, out: Path | None = None, command: str | None = None, world: Path | None = None,
+                     index: Path | None = None, progress: bool = True) -> Path:
+    """Build the warm start of a synthetic run of `cfg` into `out` (default: where the run looks in the cache);
+    with `command`, record its provenance (the command, seed, settings, checksums) beside it."""
+    from kr1.training.bootstrap import bootstrap
+
+    d, m = cfg.data, cfg.model
+    world = world or synthetic_world(expand_path(d.cache_dir), d.synthetic_seed, d.synthetic_people, progress)
+    out = Path(out) if out is not None else world.parent / warm_start_key(cfg, world)
+    sft_world, sft_index = world, index or _world_index(cfg, world, progress, "the BM25 index")
+    if m.bootstrap_practice_people:  # a world of its own seed: no entity of the run's world is in it
+        sft_world = synthetic_world(world.parent, d.synthetic_seed + PRACTICE_SEED_OFFSET,
+                                    m.bootstrap_practice_people, progress, avoid=world)
+        sft_index = _world_index(cfg, sft_world, progress, "the practice world's index")
+    if progress:
+        _note(f"bootstrapping the {m.bootstrap_size} model in {out}")
+    bootstrap(world, out, cfg.trainer.seed, m.bootstrap_size, index=sft_index, sft_steps=m.bootstrap_sft_steps,
+              progress=progress, follow_fraction=m.bootstrap_follow_fraction,
+              multihop_fraction=m.bootstrap_multihop_fraction, lr=m.bootstrap_lr, sft_world=sft_world)
+    if command is not None:
+        settings = {"data.synthetic_seed": d.synthetic_seed, "data.synthetic_people": d.synthetic_people,
+                    **{f"model.{k}": v for k, v in vars(m).items() if k.startswith("bootstrap_")}}
+        write_provenance(out, warm_start_key(cfg, world), command, cfg.trainer.seed, settings)
+    return out
 
 
 def _decoy_index(cfg: Config, own_world: Callable[[], Path] | None, progress: bool) -> Path | None:

@@ -26,6 +26,7 @@ PANELS = [
     ("searches per episode by type (training)", ["rollout/searches", "rollout/searches_*"]),
     ("searches per episode by type (dev)", ["eval/searches", "eval/searches_*"]),
     ("evidence recall (% of supporting passages)", ["rollout/evidence_recall", "eval/evidence_recall"]),
+    ("fixed probe of training questions, greedy (%)", ["probe/em", "probe/evidence_recall"]),
     ("policy entropy (nats per token)", ["train/entropy"]),
 ]
 
@@ -39,6 +40,8 @@ def line_label(tag: str) -> str:
     for prefix in ("em_", "searches_"):
         if name.startswith(prefix):
             return name[len(prefix):]
+    if section == "probe":
+        return name.replace("_", " ")
     if name in ("em", "searches"):
         return "all"
     return {"rollout": "training", "eval": "dev"}.get(section, tag)
@@ -95,6 +98,8 @@ def plot(run: Path, out: Path) -> Path:
         ax.set_title(title + (f", {SMOOTHING}-step mean" if smoothed else ""), fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(PANELS):]:  # an odd number of panels leaves one slot empty
+        ax.axis("off")
     fig.suptitle(f"kr1 run: {run}")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,8 @@ from kr1.errors import UserError
 INPUTS_FILE = "inputs.json"
 # keys (or sections, ending in ".") that may change between legs of one run
 LEG_KEYS = (
-    "trainer.total_steps", "trainer.eval_every", "trainer.eval_prompts", "trainer.checkpoint_every",
+    "trainer.total_steps", "trainer.eval_every", "trainer.eval_prompts", "trainer.probe_prompts",
+    "trainer.probe_every", "trainer.checkpoint_every",
     "trainer.output_dir", "trainer.max_recoveries", "trainer.keep_checkpoints", "trainer.eval_closed_book",
     "data.dev_path", "data.test_path", "data.split", "data.cache_dir",
     "retriever.index_dir", "retriever.corpus_path", "retriever.num_shards", "retriever.backend",

@@ -11,6 +11,7 @@ recovery are kr1/run/run_state.py's; the step's rollout as a value is kr1/run/st
 from __future__ import annotations
 
 import concurrent.futures
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from kr1.errors import UserError
 from kr1.rollout.episodes import within_prompt_limit
 from kr1.rollout.rewards import EpisodeScores, informative_groups
 from kr1.run.assets import resolve_assets
-from kr1.run.evaluation import evaluate, evaluate_closed_book
+from kr1.run.evaluation import evaluate_closed_book, evaluate_groups
 from kr1.run.metrics import episode_metrics, metrics_table, search_metrics, type_metrics, type_table
 from kr1.run.placement import Placement, check_cluster_fits
 from kr1.run.pools import check_retriever, start_engines, start_retriever
@@ -73,6 +74,9 @@ class TrainingRun:
         self.types = {q.id: q.type for q in self.loader.questions}
         # dev questions are all kept (a published benchmark counts every question; one too long ends unanswered)
         self.dev = self.assets.questions("dev")[:cfg.trainer.eval_prompts]
+        # the probe: the same training questions at every probe, drawn once from the seed
+        self.probe = random.Random(cfg.trainer.seed).sample(
+            self.loader.questions, min(cfg.trainer.probe_prompts, len(self.loader.questions)))
         inputs = input_fingerprints(self.assets.model_path, self.assets.index_dir, self.assets.split_paths("train"))
         check_retriever(cfg.retriever)  # a retrieval server that does not answer stops the run here
         # the run directory appears only once every input has been found and validated, and holds one run
@@ -180,15 +184,18 @@ class TrainingRun:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy dev-split metrics every `trainer.eval_every` steps, and after the last (with the closed-book
-        metrics there)."""
-        every, last = self.cfg.trainer.eval_every, step + 1 == self.cfg.trainer.total_steps
-        if not self.dev or every <= 0 or not (last or (step + 1) % every == 0):
-            return {}
-        return {**self._dev_metrics(), **(self._closed_book_metrics() if last else {})}
+        metrics there); the probe's every `trainer.probe_every` steps and after the last."""
+        t, last = self.cfg.trainer, step + 1 == self.cfg.trainer.total_steps
+        dev = bool(self.dev) and t.eval_every > 0 and (last or (step + 1) % t.eval_every == 0)
+        probe = bool(self.probe) and (last or (step + 1) % t.probe_every == 0)
+        return {**self._greedy_metrics(dev, probe), **(self._closed_book_metrics() if dev and last else {})}
 
-    def _dev_metrics(self) -> dict[str, float]:
-        metrics, _ = evaluate(self.cfg, self.dev, self.engines)
-        return {f"eval/{k}": v for k, v in metrics.items()}
+    def _greedy_metrics(self, dev: bool, probe: bool) -> dict[str, float]:
+        """The dev split's (eval/*) and the probe's (probe/*) metrics, both played in one batch."""
+        groups = {name: questions for name, questions, wanted in (("eval", self.dev, dev), ("probe", self.probe, probe))
+                  if wanted}
+        played = evaluate_groups(self.cfg, groups, self.engines) if groups else {}
+        return {f"{name}/{k}": v for name, (metrics, _) in played.items() for k, v in metrics.items()}
 
     def _closed_book_metrics(self) -> dict[str, float]:
         """The dev metrics again with every search answered from the decoy index (EM when retrieval cannot help);
@@ -201,9 +208,10 @@ class TrainingRun:
     def evaluate_start(self) -> dict[str, float]:
         """The starting policy's dev and closed-book metrics, logged at step 0 (skipped when resuming or eval is
         off)."""
-        if self.start_step > 0 or self.cfg.trainer.eval_every <= 0 or not self.dev:
+        dev = self.cfg.trainer.eval_every > 0 and bool(self.dev)
+        if self.start_step > 0 or not (dev or self.probe):
             return {}
-        metrics = {**self._dev_metrics(), **self._closed_book_metrics()}
+        metrics = {**self._greedy_metrics(dev, bool(self.probe)), **(self._closed_book_metrics() if dev else {})}
         self.logger.log(0, metrics)
         self.gauges.record(0, metrics)
         return metrics

@@ -42,7 +42,8 @@ def test_grpo_with_the_evidence_reward_raises_reward_and_evidence(ray_session, w
                  "trainer.prompts_per_step": 6, "rollout.n_samples": 8, "rollout.temperature": 1.0,
                  "trainer.eval_every": 16, "trainer.eval_prompts": 6, "trainer.checkpoint_every": 0, "learner.lr": 1e-3,
                  "reward.weights.em": 1.0, "reward.weights.evidence": 1.0, "reward.weights.answered_evidence": 0.0,
-                 "algorithm.kl_coef": 0.0, "algorithm.clip_eps_high": 0.28, "trainer.eval_closed_book": False}
+                 "algorithm.kl_coef": 0.0, "algorithm.clip_eps_high": 0.28, "trainer.eval_closed_book": False,
+                 "trainer.probe_prompts": 0}
     history = train(load_config("default", [f"{k}={v}" for k, v in overrides.items()]), quiet=True)
     mean = lambda key, steps: sum(h[key] for h in steps) / len(steps)  # noqa: E731
     first, last = history[:4], history[-4:]

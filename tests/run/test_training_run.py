@@ -43,6 +43,9 @@ def test_three_steps_write_events_checkpoints_and_a_loadable_policy(trained_run)
     assert len(steps) == 3
     for row in steps:
         assert row["reward/mean"] == pytest.approx(sum(w * row[f"reward/{n}"] for n, w in weights.items()), abs=1e-5)
+    # the probe: the same training questions, greedy, before the first step, every second and after the last
+    assert [e.step for e in events.Scalars("probe/em")] == [0, 2, 3]
+    assert [e.value for e in events.Scalars("probe/n")] == [4.0, 4.0, 4.0]
     for name in ("closed_book/em", "eval/evidence_recall"):
         assert name in scalars, name  # the closed-book column
     # a curve per question type the step sampled (dynamic sampling's extra prompts differ by kernel path)
