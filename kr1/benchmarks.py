@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from kr1.atomic_write import atomic_directory, write_json
 from kr1.data import QUESTION_TYPES, DataError, QARecord, validate_question, validate_questions, write_questions_parquet
+from kr1.errors import described
 
 HUB_ID = "RUC-NLPIR/FlashRAG_datasets"
 # benchmark -> the split Search-R1's table reports
@@ -89,8 +90,7 @@ def load_benchmark(source: str, name: str, split: str) -> list[QARecord]:
         rows = datasets.load_dataset(str(local) if local.is_dir() else source, data_files={split: relative},
                                      split=split)
     except Exception as e:  # offline, missing, or unparsable: one line, not a traceback
-        first = (str(e).splitlines() or [""])[0]
-        raise DataError(f"{origin}: cannot load ({type(e).__name__}: {first})") from None
+        raise DataError(f"{origin}: cannot load ({described(e)})") from None
     return validate_questions(enumerate(rows, start=1), origin,
                               lambda row, where, number: flashrag_record(row, where, name, number))
 

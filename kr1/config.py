@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from kr1.config_checks import config_problem
-from kr1.errors import UserError
+from kr1.errors import UserError, first_line
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -342,10 +342,10 @@ def _merge(base: Any, layer: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: unknown config key '{e.full_key}'") from None
     except ValidationError as e:  # OmegaConf appends the key and types on further lines: keep the first
         if e.full_key is None:  # a whole section given a scalar: only str(e) says which
-            raise ConfigError(f"{origin}: {str(e).splitlines()[0]}") from None
-        raise ConfigError(f"{origin}: bad value for '{e.full_key}': {str(e.msg).splitlines()[0]}") from None
+            raise ConfigError(f"{origin}: {first_line(e)}") from None
+        raise ConfigError(f"{origin}: bad value for '{e.full_key}': {first_line(e.msg)}") from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{origin}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{origin}: {first_line(e)}") from None
 
 
 def load_config(name_or_path: str = "default", overrides: Sequence[str] = ()) -> Config:
@@ -355,7 +355,7 @@ def load_config(name_or_path: str = "default", overrides: Sequence[str] = ()) ->
     try:
         layer = OmegaConf.load(path)
     except Exception as e:  # YAML syntax errors carry multi-line context
-        raise ConfigError(f"{path}: cannot parse YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: cannot parse YAML: {first_line(e)}") from None
     if not OmegaConf.is_dict(layer):  # a YAML list: OmegaConf's merge would raise a bare TypeError
         raise ConfigError(f"{path}: holds a list, not a mapping of config sections (learner:, rollout:, ...)")
     merged = _merge(merged, layer, str(path))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from kr1.atomic_write import atomic_file
-from kr1.errors import UserError
+from kr1.errors import UserError, first_line
 
 # 2WikiMultihopQA's four, HotpotQA's bridge, and the warm start's single-hop questions
 QUESTION_TYPES = ("compositional", "comparison", "inference", "bridge_comparison", "bridge", "single_hop", "")
@@ -171,7 +171,7 @@ def load_questions(path: str | Path) -> list[QARecord]:
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as e:
-            raise DataError(f"{path}: cannot read parquet ({str(e).splitlines()[0]})") from None
+            raise DataError(f"{path}: cannot read parquet ({first_line(e)})") from None
         return validate_questions(enumerate(rows, start=1), str(path))
     return validate_questions(jsonl_rows(path), str(path))
 

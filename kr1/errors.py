@@ -24,6 +24,21 @@ class UserError(Exception):
     """Bad input or setup that the user can fix; the message is one line naming the file, row or key."""
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first non-blank line of an error's text, stripped (libraries append context on further lines); an
+    exception with no text gives its type's name."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
+def described(error: BaseException) -> str:
+    """'Type: first line' of an exception (just 'Type' when it has no text): a foreign error on one line."""
+    line = first_line(error)
+    return line if line == type(error).__name__ else f"{type(error).__name__}: {line}"
+
+
 class StopRequested(KeyboardInterrupt):
     """SIGTERM (`ray job stop`, a scheduler taking the node back): the command stops as on Ctrl-C, closing what
     it started on the way out."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kr1.atomic_write import atomic_directory, write_json
 from kr1.data import DataError, QARecord, load_questions, validate_questions, write_questions_parquet
+from kr1.errors import described
 
 HUB_ID = "hzy/kr1_2wiki"
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "test": "test"}
@@ -29,7 +30,7 @@ def load_hub_splits(hub_id: str) -> dict[str, list[QARecord]]:
     try:
         dataset = datasets.load_dataset(hub_id)
     except Exception as e:  # offline, missing, or private: one line, not a traceback
-        raise DataError(f"{hub_id}: cannot load from the hub ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise DataError(f"{hub_id}: cannot load from the hub ({described(e)})") from None
     splits = {}
     for name, rows in dataset.items():
         if name not in SPLIT_ALIASES:

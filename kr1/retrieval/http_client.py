@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import requests
 
 from kr1.data import DataError, passage_from_row
-from kr1.errors import UserError
+from kr1.errors import UserError, first_line
 from kr1.retrieval.hits import BatchHits, Hit
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -118,7 +118,7 @@ class HttpRetriever:
             return [[_hit(item, f"{where}: result[{i}][{rank}]") for rank, item in enumerate(items)]
                     for i, items in enumerate(result)]
         except (DataError, TypeError, ValueError) as e:
-            raise RetrieverHTTPError(str(e).splitlines()[0]) from None
+            raise RetrieverHTTPError(first_line(e)) from None
 
 
 def _hit(item: Any, where: str) -> Hit:

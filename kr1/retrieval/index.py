@@ -22,7 +22,7 @@ import bm25s
 import numpy as np
 
 from kr1.atomic_write import write_json
-from kr1.errors import UserError
+from kr1.errors import UserError, first_line
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -117,16 +117,12 @@ SCORE_ARRAYS = ("data", "indices", "indptr")
 SHARD_JSON = ("params.index.json", "vocab.index.json", "corpus.mmindex.json")
 
 
-def _reason(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 def load_array(path: Path) -> np.ndarray:
     """A memory-mapped .npy file of an index; a truncated or damaged one is a BM25IndexError naming it."""
     try:
         return np.load(path, mmap_mode="r")
     except (OSError, ValueError, EOFError) as e:
-        raise BM25IndexError(f"{path}: unreadable ({_reason(e)}); the index is damaged, rebuild it") from None
+        raise BM25IndexError(f"{path}: unreadable ({first_line(e)}); the index is damaged, rebuild it") from None
 
 
 def check_score_arrays(path: Path) -> np.ndarray:
@@ -147,8 +143,8 @@ def unreadable_shard(path: Path, error: BaseException) -> BM25IndexError:
         try:
             json.loads((path / name).read_bytes())
         except (OSError, ValueError) as e:
-            return BM25IndexError(f"{path / name}: unreadable ({_reason(e)}); the index is damaged, rebuild it")
-    return BM25IndexError(f"{path}: unreadable shard ({_reason(error)}); the index is damaged, rebuild it")
+            return BM25IndexError(f"{path / name}: unreadable ({first_line(e)}); the index is damaged, rebuild it")
+    return BM25IndexError(f"{path}: unreadable shard ({first_line(error)}); the index is damaged, rebuild it")
 
 
 def check_index(index_dir: str | Path, num_shards: int | None = None) -> IndexManifest:

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 
 from kr1.benchmarks import TRAIN_SPLITS, row_metadata, supporting_titles
 from kr1.data import DataError, jsonl_rows
+from kr1.errors import described
 from kr1.retrieval.corpus_file import CorpusWriter
 from kr1.retrieval.coverage import title_key
 
@@ -43,8 +44,7 @@ def train_file(source: str, name: str) -> Path:
     try:
         return Path(hf_hub_download(source, relative, repo_type="dataset"))
     except Exception as e:
-        first = (str(e).splitlines() or [""])[0]
-        raise DataError(f"{source}:{relative}: cannot download ({type(e).__name__}: {first})") from None
+        raise DataError(f"{source}:{relative}: cannot download ({described(e)})") from None
 
 
 def _rows(path: Path) -> Iterator[tuple[str, dict]]:

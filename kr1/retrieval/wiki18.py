@@ -32,7 +32,7 @@ from typing import BinaryIO, Iterator
 from tqdm.auto import tqdm
 
 from kr1.data import GZIP_ERRORS, DataError, Passage, not_utf8, passage_from_row
-from kr1.errors import writes_to
+from kr1.errors import described, writes_to
 from kr1.retrieval.corpus_file import corpus_writer
 from kr1.retrieval.train_paragraphs import TrainParagraphs
 
@@ -61,8 +61,7 @@ def download(layout: str, revision: str | None = None, cache_dir: Path | None = 
         return Path(hf_hub_download(hub.repo_id, hub.filename, repo_type="dataset", revision=revision,
                                     cache_dir=cache_dir))
     except Exception as e:  # offline, missing, or a broken connection: one line, not a traceback
-        first = (str(e).splitlines() or [""])[0]
-        raise DataError(f"{hub.repo_id}:{hub.filename}: cannot download ({type(e).__name__}: {first}); "
+        raise DataError(f"{hub.repo_id}:{hub.filename}: cannot download ({described(e)}); "
                         "an interrupted download resumes when run again, or give a local copy with --source") from None
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from kr1.errors import UserError
+from kr1.errors import UserError, described, first_line
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
@@ -163,8 +163,8 @@ def resolve_reward(name: str) -> RewardFn:
     try:
         found = importlib.import_module(module)
     except Exception as e:  # the user's module failed to import: its own error, on one line
-        raise RewardError(f"reward.weights: cannot import {module!r} for reward {name!r}: {type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0]}") from None
+        raise RewardError(f"reward.weights: cannot import {module!r} for reward {name!r}: "
+                          f"{described(e)}") from None
     fn = getattr(found, attribute, None)
     if not callable(fn):
         raise RewardError(f"reward.weights: {module!r} has no function {attribute!r} (reward {name!r})")
@@ -177,7 +177,7 @@ def _checked(name: str, values: Any, question_ids: Sequence[str]) -> list[float]
         scores = np.asarray(list(values), dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise RewardError(f"reward {name!r} returned {type(values).__name__}, not a list of numbers "
-                          f"({(str(e).splitlines() or [''])[0]})") from None
+                          f"({first_line(e)})") from None
     if scores.shape != (len(question_ids),):
         raise RewardError(f"reward {name!r} returned {scores.size} scores for {len(question_ids)} episodes "
                           "(one float per episode)")

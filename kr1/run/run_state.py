@@ -30,7 +30,7 @@ from actors.learner import LearnerGroup
 from actors.reference import ReferencePool
 from kr1.atomic_write import write_json
 from kr1.config import Config, TrainerConfig, to_yaml
-from kr1.errors import UserError, writes_to
+from kr1.errors import UserError, first_line, writes_to
 from kr1.run.resume_check import INPUTS_FILE, check_resume
 from kr1.run.rollout_queue import QUEUE_FILE
 from kr1.run.run_lock import LOCK_FILE
@@ -179,16 +179,12 @@ def recover(run: Any, error: Exception, step: int) -> int:
     count = f"recovery {run.recoveries} of trainer.max_recoveries={cfg.trainer.max_recoveries}"
     for attempt in range(REBUILD_ATTEMPTS):
         try:
-            return _rebuild(run, lost, _reason(error), step, count)
+            return _rebuild(run, lost, first_line(error)[:200], step, count)
         except ray.exceptions.RayError as again:
             if attempt + 1 == REBUILD_ATTEMPTS:
                 raise
             error, lost = again, ["learner", "reference"]
     raise AssertionError("unreachable")
-
-
-def _reason(error: Exception) -> str:
-    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
 
 
 def _rebuild(run: Any, lost: list[str], reason: str, step: int, count: str) -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kr1.atomic_write import atomic_directory, write_json
+from kr1.errors import first_line
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"step_(\d{6})")
@@ -85,7 +86,7 @@ def damage(path: Path, step: int) -> str | None:
     except FileNotFoundError:
         return f"no {STATE_FILE}"
     except (OSError, ValueError) as e:
-        return f"{STATE_FILE} is unreadable ({str(e).splitlines()[0]})"
+        return f"{STATE_FILE} is unreadable ({first_line(e)})"
     if not isinstance(state, dict) or state.get("step") != step or not isinstance(state.get("files", {}), dict):
         return f"{STATE_FILE} is not the state of step {step}"
     for name, size in state.get("files", {}).items():

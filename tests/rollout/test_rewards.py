@@ -190,6 +190,14 @@ def test_a_reward_config_that_cannot_run_stops_at_load(override, says):
     assert says in str(refused.value) and "\n" not in str(refused.value)
 
 
+def test_a_reward_module_failing_without_text_is_named_by_its_error_type(tmp_path, monkeypatch):
+    (tmp_path / "silent_reward.py").write_text("assert False  # a bare assert: an error with no text\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as refused:
+        load_config("default", ['reward.weights={"silent_reward:judge": 1}'])
+    assert str(refused.value).endswith("cannot import 'silent_reward' for reward 'silent_reward:judge': AssertionError")
+
+
 def test_the_older_weight_keys_pay_what_they_paid(tmp_path):
     """A config of the *_weight keys gives the weights it gave before reward.weights existed."""
     assert RewardConfig().effective_weights() == {"em": 1.0}
