@@ -178,6 +178,9 @@ class AlgorithmConfig:
     advantage: str = "grpo"
     # GRPO: divide by the group's std (false = Dr. GRPO style mean-centering only)
     norm_by_std: bool = True
+    # GiGPO's step-level credit: each turn's tokens also get this weight x the turn's advantage among the group's
+    # episodes that reached the same state (the same searches before it); 0 = the episode's advantage only
+    step_advantage_weight: float = 0.0
     clip_eps: float = 0.2
     # DAPO's asymmetric clip: ratio kept in [1 - low, 1 + high]; null = clip_eps
     clip_eps_low: float | None = None

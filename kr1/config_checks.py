@@ -77,6 +77,9 @@ def _value_problem(cfg: Any) -> str | None:
                 "(a share of trainer.total_steps in [0, 1))")
     if not 0 <= cfg.learner.lr_min_ratio <= 1:
         return f"bad value for 'learner.lr_min_ratio': {cfg.learner.lr_min_ratio!r} (in [0, 1])"
+    if not 0 <= cfg.algorithm.step_advantage_weight < float("inf"):
+        return (f"bad value for 'algorithm.step_advantage_weight': {cfg.algorithm.step_advantage_weight!r} "
+                "(0 or more, finite)")
     if cfg.algorithm.max_staleness < 0:
         return f"bad value for 'algorithm.max_staleness': {cfg.algorithm.max_staleness!r} (0 or more)"
     if cfg.trainer.probe_prompts < 0:

@@ -42,7 +42,7 @@ TINY_SFT_STEPS = 250
 TRAINED_RUN = {"trainer.total_steps": 3, "reference.placement": "separate", "reference.num_workers": 2,
                "algorithm.dynamic_sampling": True, "reward.weights.evidence": 0.5, "algorithm.clip_eps_high": 0.28,
                "reward.weights.reward_plugins:searched_twice": 0.25, "trainer.probe_prompts": 4,
-               "trainer.probe_every": 2}
+               "trainer.probe_every": 2, "algorithm.step_advantage_weight": 1.0}
 
 
 # what the test command may add to the user's home: caches (pip, Hugging Face, numba, ~/.cache/kr1)

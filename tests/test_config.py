@@ -80,6 +80,13 @@ def test_non_positive_count_is_rejected():
         load_config("default", ["retriever.num_shards=0"])
 
 
+def test_step_advantage_weight_is_a_finite_weight_of_zero_or_more():
+    assert load_config("default", ["algorithm.step_advantage_weight=1"]).algorithm.step_advantage_weight == 1.0
+    for bad in ("-0.5", "inf", "nan"):
+        with pytest.raises(ConfigError, match=r"'algorithm\.step_advantage_weight'.*0 or more, finite"):
+            load_config("default", [f"algorithm.step_advantage_weight={bad}"])
+
+
 def test_override_without_equals_sign():
     with pytest.raises(ConfigError, match="not key=value"):
         load_config("default", ["trainer.total_steps"])

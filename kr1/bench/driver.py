@@ -146,7 +146,7 @@ def driver_times(cfg: Config, questions: int, steps: int = 5, seed: int = 0) -> 
         try:
             for step in range(steps):
                 batch = timed("batch assembly", lambda: TrainingRun.train_batch(run, rollout))
-                batch = timed("advantages", lambda: TrainingRun.advantages(run, batch, scores))
+                batch = timed("advantages", lambda: TrainingRun.advantages(run, batch, scores, episodes))
                 timed("learner slices", lambda: learner_slices(batch, cfg))
                 train_metrics = {"loss": 0.1, "pg_loss": 0.1, "kl": 0.001, "entropy": 1.0, "grad_norm": 1.0,
                                  "lr": cfg.learner.lr}

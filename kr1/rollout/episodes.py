@@ -40,6 +40,7 @@ class Episode:
     # appended tokens, and on all when the engine does not record them)
     logprobs: list[float] = field(default_factory=list, compare=False)
     actions: list[str] = field(default_factory=list)  # per turn: search | answer | invalid
+    turn_starts: list[int] = field(default_factory=list)  # per turn: where its generated tokens begin in response_ids
     queries: list[str] = field(default_factory=list)
     retrieved_ids: list[list[str]] = field(default_factory=list)  # per query, the passage ids read
     retrieved_titles: list[list[str]] = field(default_factory=list)  # per query, those passages' titles
@@ -73,6 +74,15 @@ class Episode:
     @property
     def num_invalid(self) -> int:
         return self.actions.count("invalid")
+
+    def turn_states(self) -> list[tuple[tuple[str, str], ...]]:
+        """Per turn, the state it acted in as the environment sees it: the actions before it, each its kind and, for
+        a search, its query (lower-cased, spaces collapsed). Two episodes of a question in the same state read
+        the same passages so far (GiGPO's anchor states, up to the wording of the model's own text)."""
+        queries = iter(self.queries)
+        taken = [(kind, " ".join(next(queries, "").lower().split()) if kind == "search" else "")
+                 for kind in self.actions]
+        return [tuple(taken[:k]) for k in range(len(taken))]
 
     @property
     def generated_tokens(self) -> int:
@@ -138,6 +148,7 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 def take_segment(episode: Episode, ids: Sequence[int], tokenizer: Any, settings: RolloutSettings,
                  last_turn: bool, feedback: Sequence[int]) -> str | None:
     """Append one generated segment and act on it; returns the query to search, if any."""
+    episode.turn_starts.append(len(episode.response_ids))
     episode.append(ids, generated=True)
     action = parse_action(tokenizer.decode(ids, skip_special_tokens=False))
     episode.actions.append(action.kind)

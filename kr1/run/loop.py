@@ -70,7 +70,7 @@ def one_step(run: TrainingRun, step: int, timer: PhaseTimer) -> tuple[dict[str, 
         pending_scores = run.score(rollout)  # the reward actor works while the reference runs
         batch = run.ref_logprobs(run.train_batch(rollout), rollout)
         scores = ray.get(pending_scores)
-    batch = run.advantages(batch, scores)
+    batch = run.advantages(batch, scores, rollout.episodes)
     with timer("update"):
         train_metrics = run.update(batch, step)
     with timer("sync_weights"):

@@ -42,7 +42,7 @@ from kr1.run.run_logger import RunLogger
 from kr1.run.run_state import RunState, claim_output_dir
 from kr1.run.step_rollout import AsyncRollouts, StepRollout, SyncRollouts, sample_informative
 from kr1.run.weight_sync import make_weight_sync
-from kr1.training.algorithms import ADVANTAGE_ESTIMATORS
+from kr1.training.algorithms import ADVANTAGE_ESTIMATORS, anchor_state_advantages, turn_token_advantages
 from kr1.training.batch import TrainBatch
 from kr1.training.memory_plan import check_memory_plan
 from kr1.training.prompt_loader import PromptLoader
@@ -168,11 +168,17 @@ class TrainingRun:
         self.engines.sleep()  # a no-op unless colocated
         return batch.with_fields(ref_logprobs=self.reference.logprobs(batch))
 
-    def advantages(self, batch: TrainBatch, scores: EpisodeScores) -> TrainBatch:
-        estimator = ADVANTAGE_ESTIMATORS[self.cfg.algorithm.advantage]
-        adv = estimator(torch.tensor(np.array(scores.rewards)), torch.tensor(np.array(batch.group_ids)),
-                        norm_by_std=self.cfg.algorithm.norm_by_std)
-        return batch.with_fields(rewards=scores.rewards, advantages=adv.numpy().astype(np.float32))
+    def advantages(self, batch: TrainBatch, scores: EpisodeScores, episodes: list[Any]) -> TrainBatch:
+        """Each episode's advantage (B,); with algorithm.step_advantage_weight, per token (B, T): its turn's
+        step-level advantage among the group's episodes in the same state added (GiGPO)."""
+        a = self.cfg.algorithm
+        rewards, groups = torch.tensor(np.array(scores.rewards)), torch.tensor(np.array(batch.group_ids))
+        adv = ADVANTAGE_ESTIMATORS[a.advantage](rewards, groups, norm_by_std=a.norm_by_std).numpy().astype(np.float32)
+        if a.step_advantage_weight:
+            steps = anchor_state_advantages(rewards, groups, [e.turn_states() for e in episodes], a.norm_by_std)
+            adv = turn_token_advantages(adv, steps, [e.turn_starts for e in episodes], batch.prompt_lengths,
+                                        batch.input_ids.shape[1], a.step_advantage_weight)
+        return batch.with_fields(rewards=scores.rewards, advantages=adv)
 
     def update(self, batch: TrainBatch, step: int) -> dict[str, float]:
         return self.learners.update(batch, step)  # colocated engines sleep from ref_logprobs until sync_weights

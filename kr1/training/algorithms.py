@@ -15,7 +15,7 @@ No Ray, no vLLM here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,51 @@ def reinforce_pp_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm
     if not norm_by_std or len(centred) < 2:
         return centred - centred.mean()
     return (centred - centred.mean()) / (centred.std() + EPS)
+
+
+def anchor_state_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, states: Sequence[Sequence[Hashable]],
+                            norm_by_std: bool = True) -> list[list[float]]:
+    """GiGPO's step-level advantages (Feng et al., 2025): per episode, per turn, its return (the episode's reward)
+    against those of its group's episodes that reached the same state before that turn, normalised as GRPO's.
+
+    `states[i][k]` names the state episode i's turn k acted in; a turn whose state no other episode of its group
+    reached gets 0 (nothing to compare its action with)."""
+    rewards = rewards.float().tolist()
+    groups = group_ids.tolist()
+    members: dict[tuple, list[float]] = {}
+    for i, turn_states in enumerate(states):
+        for state in turn_states:
+            members.setdefault((groups[i], state), []).append(rewards[i])
+    stats: dict[tuple, tuple[float, float]] = {}
+    for key, values in members.items():
+        if len(values) < 2:
+            continue
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5  # unbiased, as grpo_advantages
+        stats[key] = (mean, std + EPS if norm_by_std else 1.0)
+    out = []
+    for i, turn_states in enumerate(states):
+        row = []
+        for state in turn_states:
+            mean, scale = stats.get((groups[i], state), (rewards[i], 1.0))
+            row.append((rewards[i] - mean) / scale)
+        out.append(row)
+    return out
+
+
+def turn_token_advantages(episode_advantages: np.ndarray, step_advantages: Sequence[Sequence[float]],
+                          turn_starts: Sequence[Sequence[int]], prompt_lengths: np.ndarray, width: int,
+                          step_weight: float) -> np.ndarray:
+    """(B, T) advantages: each token the episode's advantage plus `step_weight` x its turn's step-level advantage.
+    `turn_starts[i][k]`: where turn k's tokens begin in episode i's response (a turn runs to the next one's start,
+    the tokens kr1 appended included: the loss mask leaves those out)."""
+    out = np.repeat(np.asarray(episode_advantages, dtype=np.float32)[:, None], width, axis=1)
+    for i, (steps, starts) in enumerate(zip(step_advantages, turn_starts)):
+        offset = int(prompt_lengths[i])
+        for k, (advantage, start) in enumerate(zip(steps, starts)):
+            end = starts[k + 1] if k + 1 < len(starts) else width - offset
+            out[i, offset + start:offset + end] += step_weight * advantage
+    return out
 
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {

@@ -31,7 +31,7 @@ class TrainBatch:
     prompt_lengths: np.ndarray  # (B,) int64
     group_ids: np.ndarray  # (B,) int64 episodes of the same question share a group
     rewards: np.ndarray | None = None  # (B,) float32
-    advantages: np.ndarray | None = None  # (B,) float32 per sequence, broadcast over its tokens
+    advantages: np.ndarray | None = None  # (B,) float32 per sequence, broadcast over its tokens; or (B, T) per token
     ref_logprobs: np.ndarray | None = None  # (B, T) float32
     old_logprobs: np.ndarray | None = None  # (B, T) float32 policy at rollout time (multi-mini-batch PPO)
     # (B, T) float32 the engine's log-probs of the sampled tokens (trainer.mode=async: the behaviour policy,

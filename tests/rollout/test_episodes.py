@@ -60,6 +60,24 @@ def test_loss_mask_covers_exactly_the_generated_tokens(sampled, generator):
                 text == INVALID_FEEDBACK, text
 
 
+def test_each_turn_starts_where_its_generated_tokens_begin_and_knows_the_searches_before_it(sampled):
+    episodes, generate, _ = sampled
+    played = {id(e): [] for e in episodes}
+    for turn, ((contexts, _budgets, _t, _p), outputs) in enumerate(generate.calls):
+        for e, context, out in zip([e for e in episodes if e.turns > turn], contexts, outputs):
+            played[id(e)].append((len(context) - len(e.prompt_ids), list(out)))
+    for e in episodes:
+        assert e.turn_starts == [start for start, _ in played[id(e)]]
+        assert all(e.response_ids[start:start + len(out)] == out for start, out in played[id(e)])
+        states = e.turn_states()
+        assert len(states) == e.turns and states[0] == ()
+        for k, state in enumerate(states):  # the actions before turn k, a search with its query as written
+            assert [kind for kind, _ in state] == e.actions[:k]
+            searched = e.actions[:k].count("search")
+            assert [q for kind, q in state if kind == "search"] == [" ".join(q.lower().split())
+                                                                   for q in e.queries[:searched]]
+
+
 def _zero_spans(episode):
     spans, current = [], []
     for t, m in zip(episode.response_ids, episode.loss_mask):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kr1.logprobs import token_entropy, token_logprobs
-from kr1.training.algorithms import (ADVANTAGE_ESTIMATORS, grpo_advantages, kl_estimate, loss_normalizer, policy_loss,
-                                     reinforce_pp_advantages)
+from kr1.training.algorithms import (ADVANTAGE_ESTIMATORS, anchor_state_advantages, grpo_advantages, kl_estimate,
+                                     loss_normalizer, policy_loss, reinforce_pp_advantages, turn_token_advantages)
 
 pytestmark = pytest.mark.numerics  # losses and gradients compared with float tolerances
 
@@ -30,6 +30,31 @@ def test_grpo_groups_need_not_be_contiguous():
     rewards = torch.tensor([1.0, 3.0, 0.0, 5.0])
     groups = torch.tensor([1, 2, 1, 2])
     torch.testing.assert_close(grpo_advantages(rewards, groups, norm_by_std=False), torch.tensor([0.5, -1, -0.5, 1]))
+
+
+def test_step_advantages_compare_a_turn_only_with_turns_taken_in_the_same_state():
+    # one question, four episodes: two searched "a" first, two "b"; then each answered
+    rewards, groups = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]), torch.tensor([0, 0, 0, 0, 1])
+    a, b = (("search", "a"),), (("search", "b"),)
+    states = [[(), a], [(), a], [(), b], [(), b], [(), a]]  # the last is another question's: never compared
+    steps = anchor_state_advantages(rewards, groups, states, norm_by_std=False)
+    first = grpo_advantages(rewards, groups, norm_by_std=False).tolist()
+    assert [row[0] for row in steps] == pytest.approx(first)  # the first turn's state is the question: the group
+    # after "a" one answer was right and one wrong; after "b" both right: that second turn taught nothing
+    assert [row[1] for row in steps] == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0])
+    scaled = anchor_state_advantages(rewards, groups, states, norm_by_std=True)
+    assert [row[1] for row in scaled] == pytest.approx([0.5 / math.sqrt(0.5), -0.5 / math.sqrt(0.5), 0, 0, 0], abs=1e-5)
+
+
+def test_turn_token_advantages_add_each_turns_step_advantage_to_its_own_tokens():
+    # episode 0: prompt of 2, turn 0 at response 0..2, turn 1 at 3..; episode 1: prompt of 1, one turn
+    out = turn_token_advantages(np.array([1.0, -1.0]), [[0.5, -2.0], [0.25]], [[0, 3], [0]], np.array([2, 1]),
+                                width=8, step_weight=2.0)
+    assert out.shape == (2, 8) and out.dtype == np.float32
+    assert out[0].tolist() == [1, 1, 2, 2, 2, -3, -3, -3]  # the prompt keeps the episode's (its mask is 0)
+    assert out[1].tolist() == [-1, -0.5, -0.5, -0.5, -0.5, -0.5, -0.5, -0.5]
+    unweighted = turn_token_advantages(np.array([1.0]), [[3.0]], [[0]], np.array([1]), 4, step_weight=0.0)
+    assert np.array_equal(unweighted, np.ones((1, 4)))
 
 
 def test_reinforce_pp_normalises_over_the_batch():

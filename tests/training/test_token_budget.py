@@ -99,3 +99,6 @@ def test_rank_parts_and_rows_back_undo_each_other_and_consecutive_rows_are_views
     np.testing.assert_array_equal(first.input_ids, batch.input_ids[:12, :first.input_ids.shape[1]])
     assert first.input_ids.shape[1] == int(batch.lengths[:12].max())
     assert batch.tokens_only().advantages is None and batch.tokens_only().input_ids is batch.input_ids
+    per_token = batch.with_fields(advantages=rng.normal(size=batch.input_ids.shape).astype(np.float32))
+    for rows, part, _ in rank_parts(per_token, TokenBudgetBatcher(64), 3):  # step-level credit: (B, T) advantages
+        np.testing.assert_array_equal(part.advantages, per_token.advantages[rows, :part.input_ids.shape[1]])
