@@ -78,6 +78,17 @@ def type_metrics(episodes: Sequence[Any], types: Sequence[str | None], scores: E
     return out
 
 
+def shared_state_rate(episodes: Sequence[Any]) -> float:
+    """Of the turns after each episode's first, the percentage taken in a state (the searches before it) that
+    another episode of the same question reached too: the turns step-level credit can compare."""
+    counts: dict[tuple, int] = {}
+    for e in episodes:
+        for state in e.turn_states()[1:]:
+            counts[(e.question_id, state)] = counts.get((e.question_id, state), 0) + 1
+    later = sum(counts.values())
+    return 100.0 * sum(n for n in counts.values() if n > 1) / later if later else 0.0
+
+
 def search_metrics(episodes: Sequence[Any], rollout_seconds: float) -> dict[str, float]:
     """How queries reached the retriever during one rollout: queries per second of rollout wall time, the
     retriever batch each query rode in (mean size), the share of queries that repeated one in their batch

@@ -31,7 +31,8 @@ from kr1.rollout.episodes import within_prompt_limit
 from kr1.rollout.rewards import EpisodeScores, informative_groups
 from kr1.run.assets import resolve_assets
 from kr1.run.evaluation import evaluate_closed_book, evaluate_groups
-from kr1.run.metrics import episode_metrics, metrics_table, search_metrics, type_metrics, type_table
+from kr1.run.metrics import (episode_metrics, metrics_table, search_metrics, shared_state_rate, type_metrics,
+                             type_table)
 from kr1.run.placement import Placement, check_cluster_fits
 from kr1.run.pools import check_retriever, start_engines, start_retriever
 from kr1.run.ray_metrics import RunGauges
@@ -251,6 +252,7 @@ class TrainingRun:
         metrics = {"reward/mean": figures.pop("reward_mean"), "reward/std": figures.pop("reward_std"),
                    **{f"reward/{name}": float(values.mean()) for name, values in scores.weighted.items()},
                    **{f"rollout/{k}": v for k, v in {**figures, **sampling}.items()},
+                   "rollout/shared_state_turns": shared_state_rate(episodes),
                    **{f"search/{k}": v for k, v in search_metrics(episodes, times.get("rollout", 0.0)).items()},
                    **{f"train/{k}": v for k, v in train.items()}, **evaluation, **rollout.async_metrics,
                    **{f"time/{k}": v for k, v in times.items()},

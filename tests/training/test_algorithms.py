@@ -46,6 +46,21 @@ def test_step_advantages_compare_a_turn_only_with_turns_taken_in_the_same_state(
     assert [row[1] for row in scaled] == pytest.approx([0.5 / math.sqrt(0.5), -0.5 / math.sqrt(0.5), 0, 0, 0], abs=1e-5)
 
 
+def test_shared_state_rate_counts_the_later_turns_another_episode_of_the_question_reached():
+    from kr1.rollout.episodes import Episode
+    from kr1.run.metrics import shared_state_rate
+
+    def played(question, *queries):
+        e = Episode(question, 0, [1])
+        e.actions, e.queries = ["search"] * len(queries) + ["answer"], list(queries)
+        return e
+    # q1: two searched "Ann  Lee" (spaces and case aside), one "Bob": 2 of 3 second turns shared, no third turn
+    # shared; q2's "Ann Lee" is another question's state
+    episodes = [played("q1", "Ann  Lee", "x"), played("q1", "ann lee", "y"), played("q1", "Bob"), played("q2", "Ann Lee")]
+    assert shared_state_rate(episodes) == pytest.approx(100 * 2 / 6)
+    assert shared_state_rate([played("q1")]) == 0.0
+
+
 def test_turn_token_advantages_add_each_turns_step_advantage_to_its_own_tokens():
     # episode 0: prompt of 2, turn 0 at response 0..2, turn 1 at 3..; episode 1: prompt of 1, one turn
     out = turn_token_advantages(np.array([1.0, -1.0]), [[0.5, -2.0], [0.25]], [[0, 3], [0]], np.array([2, 1]),
