@@ -54,26 +54,16 @@ def anchor_state_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, stat
 
     `states[i][k]` names the state episode i's turn k acted in; a turn whose state no other episode of its group
     reached gets 0 (nothing to compare its action with)."""
-    rewards = rewards.float().tolist()
     groups = group_ids.tolist()
-    members: dict[tuple, list[float]] = {}
-    for i, turn_states in enumerate(states):
-        for state in turn_states:
-            members.setdefault((groups[i], state), []).append(rewards[i])
-    stats: dict[tuple, tuple[float, float]] = {}
-    for key, values in members.items():
-        if len(values) < 2:
-            continue
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5  # unbiased, as grpo_advantages
-        stats[key] = (mean, std + EPS if norm_by_std else 1.0)
-    out = []
-    for i, turn_states in enumerate(states):
-        row = []
-        for state in turn_states:
-            mean, scale = stats.get((groups[i], state), (rewards[i], 1.0))
-            row.append((rewards[i] - mean) / scale)
-        out.append(row)
+    rows = [i for i, turn_states in enumerate(states) for _ in turn_states]
+    anchors: dict[tuple, int] = {}  # (group, state) -> an id: grpo_advantages over (episode, turn) pairs
+    ids = [anchors.setdefault((groups[i], state), len(anchors)) for i, turn_states in enumerate(states)
+           for state in turn_states]
+    flat = grpo_advantages(rewards.float()[rows], torch.tensor(ids, dtype=torch.long), norm_by_std).tolist()
+    out, at = [], 0
+    for turn_states in states:
+        out.append(flat[at:at + len(turn_states)])
+        at += len(turn_states)
     return out
 
 

@@ -1,7 +1,7 @@
 """The warm start kr1 ships: the embedded default's tiny model, built once by a kr1 command and loaded in seconds.
 
     shipped = shipped_model(key)        # the shipped directory when it was built for `key`, checksums checked
-    write_provenance(out, key, command, seed)     # what `python -m pipelines.bootstrap_model --ship` records
+    write_provenance(out, key, command, seed, settings)   # what `python -m kr1.warm_start --ship` records
 
 `key` names everything the warm start depends on (world and bootstrap versions, world seed and size,
 model size, warm-start settings, seed): the name of the cache directory a run would otherwise build
